@@ -1,0 +1,112 @@
+# One command vocabulary for people, hooks and CI: make demo | up | down | test | bench | lint.
+# Every target installs what it needs first (the .venv stamp follows requirements.txt).
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+ROOT := $(CURDIR)
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV := $(ROOT)/.venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+# --- the project's environment (README documents each variable) -------------------------------
+STATE_DIR ?= $(ROOT)/.state
+override STATE_DIR := $(abspath $(STATE_DIR))
+AIRFLOW_PORT ?= 8080
+MLFLOW_PORT ?= 5000
+SERVING_PORT ?= 8000
+export STATE_DIR AIRFLOW_PORT MLFLOW_PORT SERVING_PORT
+export PYTHONPATH := $(ROOT)
+export PIPELINE_CONFIG ?= $(ROOT)/config/flights.yaml
+export AIRFLOW_CONN_FLIGHTS_DB ?= sqlite:///$(STATE_DIR)/flights.db
+export MLFLOW_TRACKING_URI ?= sqlite:///$(STATE_DIR)/mlflow/mlflow.db
+export MLFLOW_SERVER_URL ?= http://127.0.0.1:$(MLFLOW_PORT)
+export AIRFLOW_HOME := $(STATE_DIR)/airflow
+export AIRFLOW__CORE__DAGS_FOLDER := $(ROOT)/dags
+export AIRFLOW__CORE__PLUGINS_FOLDER := $(ROOT)/plugins
+export AIRFLOW__CORE__LOAD_EXAMPLES := False
+export AIRFLOW__API__PORT := $(AIRFLOW_PORT)
+# Tasks reach the API server here; it must follow the port or every task fails to connect.
+export AIRFLOW__CORE__EXECUTION_API_SERVER_URL := http://127.0.0.1:$(AIRFLOW_PORT)/execution/
+# Keep the default queue for the train task where no GPU worker runs (LocalExecutor).
+export TRAIN_QUEUE ?= default
+
+RUN := $(STATE_DIR)/run
+MLFLOW_SERVER := $(BIN)/mlflow server --host 127.0.0.1 --port $(MLFLOW_PORT) \
+  --backend-store-uri $(MLFLOW_TRACKING_URI) --artifacts-destination $(STATE_DIR)/mlflow/artifacts
+# $(call start,name,command): a detached process group, so `make down` stops it and all its children.
+define start
+	@mkdir -p $(RUN) $(STATE_DIR)/logs
+	@setsid nohup $(2) > $(STATE_DIR)/logs/$(1).log 2>&1 < /dev/null & echo $$! > $(RUN)/$(1).pid
+	@echo "started $(1) (log: $(STATE_DIR)/logs/$(1).log)"
+endef
+DAG ?= train_and_deploy
+DATE ?= 2013-06-30
+CONF ?= {}
+DEMO_DATES ?= 2013-06-30 2013-07-30
+
+.PHONY: help venv demo up down test test-fast bench lint seed dags-test airflow serve clean
+
+help:
+	@echo "make demo    run the pipeline twice on the demo data, serve the champion, ask it for a prediction"
+	@echo "make up      Airflow UI :$(AIRFLOW_PORT), MLflow UI :$(MLFLOW_PORT), serving :$(SERVING_PORT); make down stops them"
+	@echo "make test    the whole test suite          make bench   benchmarks (ratios against baselines)"
+	@echo "make seed | dags-test DAG=.. DATE=.. | airflow CMD='..' | serve | lint"
+
+venv: $(STAMP)
+$(STAMP): requirements.txt
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -r requirements.txt
+	@touch $@
+
+$(AIRFLOW_HOME)/.migrated: $(STAMP)
+	@mkdir -p $(AIRFLOW_HOME)
+	$(BIN)/airflow db migrate > $(AIRFLOW_HOME)/migrate.log 2>&1 || (tail -20 $(AIRFLOW_HOME)/migrate.log; exit 1)
+	@touch $@
+
+seed: venv
+	$(BIN)/python -m tasks.seed
+
+dags-test: venv $(AIRFLOW_HOME)/.migrated
+	$(BIN)/airflow dags test $(DAG) $(DATE) --conf '$(CONF)'
+
+airflow: venv $(AIRFLOW_HOME)/.migrated
+	$(BIN)/airflow $(CMD)
+
+serve: venv
+	$(BIN)/python -m serving
+
+demo: venv seed $(AIRFLOW_HOME)/.migrated
+	@for d in $(DEMO_DATES); do \
+	  echo "=== train_and_deploy for the window ending $$d"; \
+	  time $(BIN)/airflow dags test train_and_deploy $$d || exit 1; \
+	done
+	$(BIN)/python examples/serve_and_predict.py
+
+up: venv seed $(AIRFLOW_HOME)/.migrated
+	$(call start,airflow,$(BIN)/airflow standalone)
+	$(call start,mlflow,$(MLFLOW_SERVER))
+	$(call start,serving,$(BIN)/python -m serving)
+	@$(BIN)/python examples/wait_up.py
+
+down:
+	@for p in $(RUN)/*.pid; do \
+	  [ -f "$$p" ] || continue; \
+	  kill -- -$$(cat $$p) 2>/dev/null && echo "stopped $$(basename $$p .pid)"; rm -f $$p; \
+	done; true
+
+test: venv
+	$(BIN)/python -m pytest
+
+test-fast: venv
+	$(BIN)/python -m pytest -m "not slow"
+
+bench: venv
+	$(BIN)/python -m bench
+
+lint: venv
+	$(BIN)/ruff check dags plugins tasks serving tests bench examples
+	$(BIN)/mypy tasks serving
+
+clean: down
+	rm -rf $(STATE_DIR)

@@ -1,0 +1,161 @@
+"""train_and_deploy: extract -> check_quality -> train -> evaluate -> drift_report -> gate -> promote.
+
+Wiring only: every task body calls `tasks.*`; heavy libraries are imported inside task bodies
+so parsing this file stays fast. XCom carries references (paths, run ids, versions), not data.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Any
+
+from airflow.sdk import Param, dag, get_current_context, task
+from airflow.timetables.trigger import CronTriggerTimetable
+
+DOC = """
+### Train and deploy the flight-delay model
+Every night (or when you click **Trigger**) this run takes the training window that ends at the
+run's date (or at *window_end*), snapshots it from the flights database, checks the data
+contract, trains a model, evaluates it on the newest flights, writes a drift report, and
+promotes the model to **champion** only when it passes the gate. A failed step never changes
+what is served.
+"""
+
+
+def _spec() -> Any:
+    from tasks.config import load_spec
+
+    return load_spec()
+
+
+def _window(params: dict[str, Any], spec: Any) -> Any:
+    from datetime import datetime
+
+    from tasks.snapshot import Window
+
+    ctx = get_current_context()
+    if params.get("window_end"):
+        end = datetime.fromisoformat(params["window_end"])
+    else:
+        # Source timestamps are naive local times; the interval end is compared as a wall clock.
+        end = ctx["dag_run"].data_interval_end.replace(tzinfo=None)
+    days = params.get("window_days") or spec.window_days
+    return Window(end - timedelta(days=days), end)
+
+
+def _fail(exc: Exception) -> None:
+    from airflow.exceptions import AirflowFailException
+
+    # Deterministic failures (bad data, rejected candidate): no retry would change the answer.
+    raise AirflowFailException(str(exc)) from exc
+
+
+@dag(
+    schedule=CronTriggerTimetable("0 3 * * *", timezone="UTC"),
+    catchup=False,
+    max_active_runs=1,
+    doc_md=DOC,
+    tags=["mlops", "flights"],
+    default_args={"owner": "mlops", "retries": 0},
+    params={
+        "window_end": Param(None, type=["null", "string"], format="date", title="Window end",
+                            description="Last day (exclusive) of the training window; empty = the run's date."),
+        "window_days": Param(None, type=["null", "integer"], minimum=1, maximum=366, title="Window length (days)",
+                             description="Days of flights to train on; empty = the pipeline spec's value."),
+        "epochs": Param(None, type=["null", "integer"], minimum=1, maximum=200, title="Epochs"),
+        "learning_rate": Param(None, type=["null", "number"], exclusiveMinimum=0, maximum=1,
+                               title="Learning rate"),
+        "batch_size": Param(None, type=["null", "integer"], minimum=16, maximum=65536, title="Batch size"),
+    },
+)
+def train_and_deploy() -> None:
+    @task(retries=2, retry_delay=timedelta(seconds=20), retry_exponential_backoff=2.0,
+          doc_md="Snapshot the training window from the flights database and the airports file.")
+    def extract() -> str:
+        from airflow.sdk import Connection
+
+        from tasks.extract import extract_snapshot
+        from tasks.sources import sqlalchemy_url
+
+        spec = _spec()
+        conn = Connection.get(spec.sql_source.connection)
+        url = sqlalchemy_url(conn.conn_type, conn.host, conn.schema, conn.login, conn.password, conn.port)
+        manifest = extract_snapshot(spec, _window(get_current_context()["params"], spec), url)
+        print(f"snapshot {manifest['path']}: {manifest['rows']} rows, fingerprint {manifest['fingerprint']}")
+        return str(manifest["path"])
+
+    @task(doc_md="Check the snapshot against the data contract; stop here if it is broken.")
+    def check_quality(snapshot: str) -> dict[str, Any]:
+        from pathlib import Path
+
+        from tasks.quality import QualityError, check_quality
+
+        try:
+            return check_quality(_spec(), Path(snapshot))
+        except QualityError as exc:
+            _fail(exc)
+            raise
+
+    @task(doc_md="Train the model (GPU when present) and register it in MLflow as a candidate.")
+    def train(snapshot: str, quality: dict[str, Any]) -> dict[str, Any]:
+        from pathlib import Path
+
+        from tasks.train import train_model
+
+        params = get_current_context()["params"]
+        overrides = {k: params.get(k) for k in ("epochs", "learning_rate", "batch_size")}
+        return train_model(_spec(), Path(snapshot), quality, overrides)
+
+    @task(doc_md="Score the newest flights with the exported model; check ONNX matches torch.")
+    def evaluate(snapshot: str, candidate: dict[str, Any]) -> dict[str, Any]:
+        from pathlib import Path
+
+        from tasks.evaluate import ParityError, evaluate_model
+
+        try:
+            return evaluate_model(_spec(), Path(snapshot), candidate["run_id"], candidate["model_version"])
+        except ParityError as exc:
+            _fail(exc)
+            raise
+
+    @task(doc_md="Write the Evidently drift report: this window against the champion's training data.")
+    def drift_report(snapshot: str, candidate: dict[str, Any]) -> str:
+        from tasks.report import write_run_report
+
+        run_id = get_current_context()["run_id"]
+        return write_run_report(_spec(), snapshot, candidate["run_id"], candidate["model_version"], run_id)
+
+    @task(doc_md="Apply the promotion rules; the champion is re-scored on the same holdout.")
+    def gate(snapshot: str, quality: dict[str, Any], candidate: dict[str, Any],
+             evaluation: dict[str, Any]) -> dict[str, Any]:
+        from pathlib import Path
+
+        from tasks.gate import GateRejected, decide_promotion
+
+        try:
+            return decide_promotion(_spec(), Path(snapshot), candidate["run_id"],
+                                    candidate["model_version"], evaluation, quality)
+        except GateRejected as exc:
+            _fail(exc)
+            raise
+
+    @task(retries=2, retry_delay=timedelta(seconds=20),
+          doc_md="Move the registry alias `champion` to the candidate; serving follows it.")
+    def promote(verdict: dict[str, Any]) -> dict[str, Any]:
+        from tasks import registry, tracking
+
+        spec = _spec()
+        tracking.use_experiment(spec.name)
+        return registry.promote(spec.registered_model, verdict["candidate"])
+
+    snapshot = extract()
+    quality = check_quality(snapshot)
+    candidate = train(snapshot, quality)
+    evaluation = evaluate(snapshot, candidate)
+    report = drift_report(snapshot, candidate)
+    verdict = gate(snapshot, quality, candidate, evaluation)
+    report >> verdict
+    promote(verdict)
+
+
+train_and_deploy()

@@ -1,0 +1,81 @@
+"""A loaded ONNX model and the conversion from JSON records to its raw feature columns."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnxruntime as ort
+
+
+class InputError(ValueError):
+    """The request's data does not fit the model's inputs; the message names the field."""
+
+
+@dataclass(frozen=True)
+class Feature:
+    name: str
+    kind: str  # "numeric" (FP32) or "categorical" (BYTES/string)
+
+
+class OnnxModel:
+    """One immutable model version: session, feature schema and identity."""
+
+    def __init__(self, payload: bytes, name: str, version: str) -> None:
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = 1  # many small requests: threads per request cost more than they give
+        self.session = ort.InferenceSession(payload, options, providers=["CPUExecutionProvider"])
+        self.name = name
+        self.version = version
+        self.sha256 = hashlib.sha256(payload).hexdigest()
+        self.metadata = dict(self.session.get_modelmeta().custom_metadata_map)
+        self.features = [
+            Feature(i.name, "categorical" if i.type == "tensor(string)" else "numeric")
+            for i in self.session.get_inputs()
+        ]
+        self.threshold = float(self.metadata.get("threshold", 0.5))
+
+    @classmethod
+    def from_file(cls, path: Path, name: str = "", version: str = "") -> OnnxModel:
+        return cls(path.read_bytes(), name, version)
+
+    def predict_columns(self, columns: dict[str, np.ndarray]) -> np.ndarray:
+        """Probabilities for raw feature columns (float32 arrays, object arrays of str)."""
+        feeds = {f.name: columns[f.name] for f in self.features}
+        return np.asarray(self.session.run(["probability"], feeds)[0], dtype=np.float32)
+
+    def columns_from_records(self, records: list[dict[str, Any]]) -> dict[str, np.ndarray]:
+        """JSON records -> feature columns. Missing or null numerics are NaN (the model imputes)."""
+        if not records:
+            raise InputError("records: at least one record is required")
+        columns: dict[str, np.ndarray] = {}
+        for f in self.features:
+            values = [r.get(f.name) if isinstance(r, dict) else None for r in records]
+            if f.kind == "categorical":
+                columns[f.name] = np.array(["" if v is None else str(v) for v in values], dtype=object)
+            else:
+                columns[f.name] = np.array([_number(f.name, i, v) for i, v in enumerate(values)],
+                                           dtype=np.float32)
+        for i, r in enumerate(records):
+            if not isinstance(r, dict):
+                raise InputError(f"records[{i}]: expected an object of feature values")
+        return columns
+
+    def describe(self) -> dict[str, Any]:
+        return {"name": self.name, "version": self.version, "sha256": self.sha256,
+                "features": [{"name": f.name, "kind": f.kind} for f in self.features],
+                "run_id": self.metadata.get("run_id"),
+                "config": json.loads(self.metadata.get("model_config", "{}"))}
+
+
+def _number(field: str, row: int, value: Any) -> float:
+    if value is None:
+        return math.nan
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise InputError(f"records[{row}].{field}: expected a number, got {type(value).__name__}")
+    return float(value)

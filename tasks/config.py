@@ -1,0 +1,158 @@
+"""The pipeline spec: one frozen, strictly validated object per dataset, parsed from YAML."""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Annotated, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from tasks import settings
+
+
+class SpecError(ValueError):
+    """The pipeline spec is unreadable or invalid; the message names the file and the key."""
+
+
+class _Strict(BaseModel):
+    # A typo in a key is an error naming the key, never a silent default.
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Join(_Strict):
+    left_on: str
+    right_on: str
+    columns: dict[str, str] = Field(description="file column -> name in the snapshot")
+
+
+class SqlSource(_Strict):
+    name: str
+    kind: Literal["sql"]
+    connection: str = Field(description="Airflow connection id; AIRFLOW_CONN_<ID> outside Airflow")
+    query: str
+
+
+class FileSource(_Strict):
+    name: str
+    kind: Literal["file"]
+    path: str
+    format: Literal["csv", "parquet"]
+    join: Join
+
+
+Source = Annotated[SqlSource | FileSource, Field(discriminator="kind")]
+
+
+class Target(_Strict):
+    column: str
+    threshold: float
+
+
+class Features(_Strict):
+    numeric: list[str]
+    categorical: list[str]
+
+    @property
+    def all(self) -> list[str]:
+        return [*self.numeric, *self.categorical]
+
+
+class Contract(_Strict):
+    min_rows: int = Field(ge=0)
+    max_null_share: dict[str, float] = {}
+    min_positive_share: float = Field(ge=0, le=1)
+    max_positive_share: float = Field(ge=0, le=1)
+
+
+class Training(_Strict):
+    epochs: int = Field(ge=1)
+    batch_size: int = Field(ge=1)
+    learning_rate: float = Field(gt=0)
+    hidden: list[int]
+    embedding_dim: int = Field(ge=1)
+    patience: int = Field(ge=1)
+    seed: int
+    validation_share: float = Field(gt=0, lt=0.5)
+    holdout_share: float = Field(gt=0, lt=0.5)
+
+
+class Drift(_Strict):
+    max_rows: int = Field(ge=100)
+
+
+class Gate(_Strict):
+    min_roc_auc: float = Field(ge=0, le=1)
+    max_degradation: float = Field(ge=0)
+
+
+class PipelineSpec(_Strict):
+    name: str = Field(pattern=r"^[a-z][a-z0-9_]*$")
+    description: str
+    registered_model: str
+    data_root: str
+    reports_root: str
+    window_days: int = Field(ge=1)
+    sources: list[Source] = Field(min_length=1)
+    key: str
+    event_time: str
+    target: Target
+    features: Features
+    contract: Contract
+    training: Training
+    drift: Drift
+    gate: Gate
+
+    @model_validator(mode="after")
+    def _one_sql_source_first(self) -> PipelineSpec:
+        if not isinstance(self.sources[0], SqlSource):
+            raise ValueError("sources: the first source must be of kind 'sql' (files join onto it)")
+        return self
+
+    @property
+    def sql_source(self) -> SqlSource:
+        assert isinstance(self.sources[0], SqlSource)
+        return self.sources[0]
+
+    @property
+    def file_sources(self) -> list[FileSource]:
+        return [s for s in self.sources if isinstance(s, FileSource)]
+
+    @property
+    def data_root_path(self) -> Path:
+        return Path(expand(self.data_root))
+
+    @property
+    def reports_root_path(self) -> Path:
+        return Path(expand(self.reports_root))
+
+
+def expand(value: str) -> str:
+    """Expand ${VAR} in a path; STATE_DIR always resolves (to its default when unset)."""
+    env = {"STATE_DIR": str(settings.state_dir()), **os.environ}
+    missing = [v for v in re.findall(r"\$\{(\w+)\}", value) if v not in env]
+    if missing:
+        raise SpecError(f"path {value!r} uses unset environment variable(s): {', '.join(missing)}")
+    return re.sub(r"\$\{(\w+)\}", lambda m: env[m.group(1)], value)
+
+
+def load_spec(path: str | Path | None = None) -> PipelineSpec:
+    """Read and validate a pipeline spec (default: `PIPELINE_CONFIG`, else config/flights.yaml).
+
+    Raises:
+        SpecError: the file is missing or not YAML, or a key is unknown, missing or mistyped.
+    """
+    path = Path(path) if path else settings.pipeline_config_path()
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except (OSError, yaml.YAMLError) as exc:
+        raise SpecError(f"cannot read pipeline spec {path}: {exc}") from exc
+    try:
+        return PipelineSpec.model_validate(raw)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in exc.errors()
+        )
+        raise SpecError(f"invalid pipeline spec {path}: {problems}") from exc
