@@ -31,7 +31,7 @@ export AIRFLOW__CORE__EXECUTION_API_SERVER_URL := http://127.0.0.1:$(AIRFLOW_POR
 export TRAIN_QUEUE ?= default
 
 RUN := $(STATE_DIR)/run
-MLFLOW_SERVER := $(BIN)/mlflow server --host 127.0.0.1 --port $(MLFLOW_PORT) \
+MLFLOW_SERVER := $(BIN)/mlflow server --host 127.0.0.1 --port $(MLFLOW_PORT) --workers 1 \
   --backend-store-uri $(MLFLOW_TRACKING_URI) --artifacts-destination $(STATE_DIR)/mlflow/artifacts
 # $(call start,name,command): a detached process group, so `make down` stops it and all its children.
 define start

@@ -154,7 +154,7 @@ def train_and_deploy() -> None:
     evaluation = evaluate(snapshot, candidate)
     report = drift_report(snapshot, candidate)
     verdict = gate(snapshot, quality, candidate, evaluation)
-    report >> verdict
+    evaluation >> report >> verdict
     promote(verdict)
 
 

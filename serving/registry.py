@@ -1,0 +1,103 @@
+"""The MLflow model registry over its REST API (no mlflow package), and the on-disk model cache."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import urllib.error
+import urllib.parse
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+ONNX_FILE = "model.onnx"
+TIMEOUT_S = 10
+
+
+class RegistryError(RuntimeError):
+    """The registry or the artifact store did not give a usable model."""
+
+
+@dataclass(frozen=True)
+class ModelRef:
+    name: str
+    version: str
+    sha256: str | None
+
+
+def _get_json(url: str) -> dict[str, Any]:
+    try:
+        with urllib.request.urlopen(url, timeout=TIMEOUT_S) as resp:  # noqa: S310 - configured URL
+            payload: dict[str, Any] = json.load(resp)
+            return payload
+    except urllib.error.HTTPError as exc:
+        raise RegistryError(f"GET {url}: HTTP {exc.code} {exc.read()[:200]!r}") from exc
+    except (urllib.error.URLError, TimeoutError, OSError) as exc:
+        raise RegistryError(f"GET {url}: {exc}") from exc
+
+
+class RegistryClient:
+    """Resolves an alias to a version and downloads that version's ONNX artifact."""
+
+    def __init__(self, base_url: str) -> None:
+        self.base = base_url.rstrip("/")
+
+    def resolve(self, name: str, alias: str) -> ModelRef:
+        query = urllib.parse.urlencode({"name": name, "alias": alias})
+        mv = _get_json(f"{self.base}/api/2.0/mlflow/registered-models/alias?{query}")["model_version"]
+        tags = {t["key"]: t["value"] for t in mv.get("tags", [])}
+        return ModelRef(name, str(mv["version"]), tags.get("onnx.sha256"))
+
+    def download(self, ref: ModelRef) -> bytes:
+        """The version's model.onnx, checked against the checksum recorded at registration."""
+        query = urllib.parse.urlencode({"name": ref.name, "version": ref.version})
+        uri = _get_json(f"{self.base}/api/2.0/mlflow/model-versions/get-download-uri?{query}")["artifact_uri"]
+        payload = self._fetch(f"{uri.rstrip('/')}/{ONNX_FILE}")
+        digest = hashlib.sha256(payload).hexdigest()
+        if ref.sha256 and digest != ref.sha256:
+            raise RegistryError(f"{ref.name} v{ref.version}: checksum {digest[:12]} does not match "
+                                f"the registered {ref.sha256[:12]}")
+        return payload
+
+    def _fetch(self, uri: str) -> bytes:
+        parts = urllib.parse.urlsplit(uri)
+        try:
+            if parts.scheme == "file":
+                # Same-machine store (make demo / make up): read the file directly.
+                return Path(urllib.parse.unquote(parts.path)).read_bytes()
+            if parts.scheme == "mlflow-artifacts":
+                url = f"{self.base}/api/2.0/mlflow-artifacts/artifacts/{parts.path.lstrip('/')}"
+            elif parts.scheme in ("http", "https"):
+                url = uri
+            else:
+                raise RegistryError(f"unsupported artifact location {uri!r}")
+            with urllib.request.urlopen(url, timeout=TIMEOUT_S * 6) as resp:  # noqa: S310
+                data: bytes = resp.read()
+                return data
+        except (OSError, urllib.error.URLError) as exc:
+            raise RegistryError(f"cannot fetch {uri}: {exc}") from exc
+
+
+class ModelCache:
+    """The last good model on disk, so a restart serves even while the registry is away."""
+
+    def __init__(self, root: Path, name: str) -> None:
+        self.dir = root / name
+
+    def save(self, ref: ModelRef, payload: bytes) -> None:
+        self.dir.mkdir(parents=True, exist_ok=True)
+        for fname, data in ((ONNX_FILE, payload), ("ref.json", json.dumps(ref.__dict__).encode())):
+            tmp = self.dir / f".{fname}.tmp"
+            tmp.write_bytes(data)
+            tmp.replace(self.dir / fname)
+
+    def load(self) -> tuple[ModelRef, bytes] | None:
+        try:
+            ref = ModelRef(**json.loads((self.dir / "ref.json").read_text()))
+            payload = (self.dir / ONNX_FILE).read_bytes()
+        except (OSError, ValueError, TypeError):
+            return None
+        if ref.sha256 and hashlib.sha256(payload).hexdigest() != ref.sha256:
+            return None
+        return ref, payload

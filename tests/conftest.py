@@ -1,0 +1,56 @@
+"""Shared fixtures: an isolated STATE_DIR, the demo database seeded with a slice, a small spec."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Iterator
+from datetime import datetime
+from pathlib import Path
+
+import pytest
+
+# Before anything imports tasks or airflow: every test run gets its own installation.
+_STATE = Path(tempfile.mkdtemp(prefix="mlops-test-state-"))
+os.environ["STATE_DIR"] = str(_STATE)
+os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{_STATE}/mlflow/mlflow.db"
+os.environ["AIRFLOW_CONN_FLIGHTS_DB"] = f"sqlite:///{_STATE}/flights.db"
+os.environ.pop("PIPELINE_CONFIG", None)
+os.environ["AIRFLOW_HOME"] = str(_STATE / "airflow")
+os.environ["AIRFLOW__CORE__LOAD_EXAMPLES"] = "False"
+os.environ["AIRFLOW__CORE__DAGS_FOLDER"] = str(Path(__file__).resolve().parent.parent / "dags")
+
+from tasks import seed, settings  # noqa: E402
+from tasks.config import PipelineSpec, load_spec  # noqa: E402
+from tasks.snapshot import Window  # noqa: E402
+
+REPO = Path(__file__).resolve().parent.parent
+POSTGRES_URL = os.environ.get("TEST_POSTGRES_URL", "postgresql+psycopg2://root@127.0.0.1:5432/test")
+MARIADB_URL = os.environ.get("TEST_MARIADB_URL", "mysql+pymysql://root@127.0.0.1:3306/test")
+JUNE_WEEK = Window(datetime(2013, 6, 1), datetime(2013, 6, 8))
+
+
+@pytest.fixture(scope="session")
+def state_dir() -> Path:
+    return _STATE
+
+
+@pytest.fixture(scope="session")
+def sqlite_url(state_dir: Path) -> str:
+    """The demo database (SQLite) with June and July 2013, plus the landing file."""
+    url = f"sqlite:///{state_dir}/flights.db"
+    seed.seed_database(url, months={6, 7})
+    seed.write_landing_files(settings.state_dir())
+    return url
+
+
+@pytest.fixture(scope="session")
+def spec() -> PipelineSpec:
+    """The flights spec, sized for tests: few epochs."""
+    base = load_spec(REPO / "config" / "flights.yaml")
+    return base.model_copy(update={"training": base.training.model_copy(update={"epochs": 2})})
+
+
+@pytest.fixture()
+def data_root(tmp_path: Path) -> Iterator[Path]:
+    yield tmp_path / "data"

@@ -1,0 +1,266 @@
+"""Tests for the drift-reports Airflow plugin: helpers, auth dependency, and a live API server."""
+
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from fastapi.testclient import TestClient
+
+from plugins import drift_reports as dr
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+def _write_report(root: Path, report_id: str, mtime: float, **summary: Any) -> Path:
+    folder = root / report_id
+    folder.mkdir(parents=True)
+    (folder / "report.html").write_text(f"<html><body>report {report_id}</body></html>")
+    path = folder / "summary.json"
+    path.write_text(json.dumps(summary))
+    os.utime(path, (mtime, mtime))
+    return folder
+
+
+@pytest.fixture()
+def reports(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    root = tmp_path / "reports"
+    cols = [{"column": "dep_delay", "method": "wasserstein", "score": 0.4, "threshold": 0.1,
+             "drifted": True},
+            {"column": "<b>carrier</b>", "method": "jensenshannon", "score": 0.2, "threshold": 0.1,
+             "drifted": True},
+            {"column": "distance", "method": "wasserstein", "score": 0.01, "threshold": 0.1,
+             "drifted": False}]
+    _write_report(root, "scheduled__2024-01-01", 1_000, dag_run_id="scheduled__2024-01-01",
+                  model_name="delay", model_version="1", drifted_share=0.1, status="ok", columns=[])
+    _write_report(root, "manual__2024-01-03", 3_000, dag_run_id="manual__2024-01-03T00:00",
+                  model_name="delay", model_version="3", drifted_share=2 / 3, status="drift",
+                  columns=cols)
+    _write_report(root, "manual__2024-01-02", 2_000, dag_run_id="<script>x</script>",
+                  model_name="delay", model_version="2", drifted_share=0.0, status="ok", columns=[])
+    # A writer's in-progress temp folder and a corrupt summary are not listed.
+    _write_report(root, ".manual__2024-01-04.tmp-abcd1234", 4_000, status="ok")
+    (root / "broken").mkdir()
+    (root / "broken" / "summary.json").write_text("{not json")
+    # A file outside the root that traversal attempts aim at.
+    (tmp_path / "secret.txt").write_text("secret")
+    (tmp_path / "outside").mkdir()
+    (tmp_path / "outside" / "report.html").write_text("outside")
+    (root / "escape").symlink_to(tmp_path / "outside")
+    monkeypatch.setenv("REPORTS_DIR", str(root))
+    return root
+
+
+def test_reports_root_from_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("REPORTS_DIR", raising=False)
+    monkeypatch.setenv("STATE_DIR", str(tmp_path))
+    assert dr.reports_root() == (tmp_path / "reports").resolve()
+    monkeypatch.setenv("REPORTS_DIR", str(tmp_path / "elsewhere"))
+    assert dr.reports_root() == (tmp_path / "elsewhere").resolve()
+    monkeypatch.delenv("REPORTS_DIR")
+    monkeypatch.delenv("STATE_DIR")
+    assert dr.reports_root() == REPO_ROOT / ".state" / "reports"
+
+
+def test_list_reports_newest_first_skips_hidden_and_broken(reports: Path) -> None:
+    entries = dr.list_reports(reports)
+    assert [e.report_id for e in entries] == [
+        "manual__2024-01-03", "manual__2024-01-02", "scheduled__2024-01-01"]
+    assert entries[0].summary["model_version"] == "3"
+    assert dr.list_reports(reports / "missing") == []
+
+
+@pytest.mark.parametrize("report_id", [
+    "..", ".", "../secret.txt", "..%2Fsecret.txt", "%2e%2e", "a/../..", "/etc", "", "escape",
+    ".manual__2024-01-04.tmp-abcd1234", "nope", "x" * 300, "manual__2024-01-03\x00",
+])
+def test_resolve_rejects_traversal_and_unknown(reports: Path, report_id: str) -> None:
+    assert dr.resolve_report_dir(reports, report_id) is None
+    assert dr.resolve_report_file(reports, report_id, "report.html") is None
+
+
+def test_resolve_accepts_report_files(reports: Path) -> None:
+    folder = reports / "manual__2024-01-03"
+    assert dr.resolve_report_dir(reports, "manual__2024-01-03") == folder.resolve()
+    assert dr.resolve_report_file(reports, "manual__2024-01-03", "report.html") == (
+        folder / "report.html").resolve()
+    assert dr.resolve_report_file(reports, "manual__2024-01-03", "../secret.txt") is None
+    assert dr.resolve_report_file(reports, "manual__2024-01-03", "missing.html") is None
+
+
+def test_render_index_escapes_and_links(reports: Path) -> None:
+    page = dr.render_index(dr.list_reports(reports), "/drift-reports")
+    assert "<script>x</script>" not in page and "&lt;script&gt;" in page
+    assert "&lt;b&gt;carrier&lt;/b&gt;" in page and "distance" not in page  # only drifted columns
+    assert 'href="/drift-reports/reports/manual__2024-01-03"' in page
+    assert "67%" in page and "delay v3" in page
+    assert page.index("manual__2024-01-03T00:00") < page.index("scheduled__2024-01-01")
+    assert "No drift reports yet" in dr.render_index([], "/drift-reports")
+
+
+def test_top_drifted_limits_and_tolerates_bad_input() -> None:
+    cols = [{"column": str(i), "drifted": True} for i in range(5)] + [{"column": "n"}, "junk"]
+    assert [c["column"] for c in dr.top_drifted(cols)] == ["0", "1", "2"]
+    assert dr.top_drifted(None) == [] and dr.top_drifted("x") == []
+
+
+class _FakeAuthManager:
+    """Accepts the token 'good' (and 'viewer-no-ui' without UI access); rejects the rest."""
+
+    async def get_user_from_token(self, token: str) -> str:
+        from jwt import ExpiredSignatureError, InvalidTokenError
+
+        if token == "expired":
+            raise ExpiredSignatureError("expired")
+        if token not in {"good", "no-ui"}:
+            raise InvalidTokenError("bad")
+        return token
+
+    def is_authorized_view(self, *, access_view: Any, user: str) -> bool:
+        return user == "good"
+
+
+def test_app_requires_valid_token(reports: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import airflow.api_fastapi.app as api_app
+
+    monkeypatch.setattr(api_app, "get_auth_manager", lambda: _FakeAuthManager())
+    client = TestClient(dr.app, root_path="/drift-reports")
+    for headers, cookies in [({}, {}), ({"Authorization": "Bearer bad"}, {}),
+                             ({"Authorization": "Bearer expired"}, {}), ({}, {"_token": "bad"}),
+                             ({"Authorization": "Basic good"}, {})]:
+        client.cookies.clear()
+        client.cookies.update(cookies)
+        for path in ("/", "/reports/manual__2024-01-03", "/reports/manual__2024-01-03/summary.json"):
+            resp = client.get(path, headers=headers)
+            assert resp.status_code == 401, (path, headers, cookies)
+            assert resp.json() == {"detail": "Not authenticated"}
+    client.cookies.clear()
+    assert client.get("/", headers={"Authorization": "Bearer no-ui"}).status_code == 403
+    # A valid bearer token wins over a bad cookie, like Airflow's own API.
+    client.cookies.set("_token", "bad")
+    assert client.get("/", headers={"Authorization": "Bearer good"}).status_code == 200
+    client.cookies.set("_token", "good")
+    page = client.get("/")
+    assert page.status_code == 200 and "manual__2024-01-03T00:00" in page.text
+    report = client.get("/reports/manual__2024-01-03")
+    assert report.status_code == 200 and "report manual__2024-01-03" in report.text
+    assert report.headers["content-security-policy"].startswith("sandbox")
+    assert client.get("/reports/manual__2024-01-03/summary.json").json()["model_version"] == "3"
+    # httpx normalizes a literal ".." away; the live test sends it raw with http.client.
+    for bad in ("escape", "..%2F..%2Fsecret.txt", "%2e%2e", ".manual__2024-01-04.tmp-abcd1234"):
+        assert client.get(f"/reports/{bad}").status_code == 404, bad
+        assert client.get(f"/reports/{bad}/summary.json").status_code == 404, bad
+
+
+def test_plugin_declares_app_and_nav_entry() -> None:
+    plugin = dr.DriftReportsPlugin
+    assert plugin.fastapi_apps == [{"app": dr.app, "url_prefix": "/drift-reports",
+                                    "name": "Drift reports"}]
+    (view,) = plugin.external_views
+    assert view["destination"] == "nav" and view["url_route"] == "drift-reports"
+    assert view["href"].endswith("/drift-reports/")
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.slow
+def test_live_api_server_serves_reports_to_logged_in_users(tmp_path: Path) -> None:
+    """Starts `airflow api-server` on loopback with the plugin; needs ~15-30 s."""
+    port, home, state = _free_port(), tmp_path / "airflow", tmp_path / "state"
+    home.mkdir()
+    (tmp_path / "dags").mkdir()
+    _write_report(state / "reports", "manual__2024-01-03", time.time(), dag_run_id="manual__live",
+                  model_name="delay", model_version="7", drifted_share=0.5, status="drift",
+                  columns=[])
+    (tmp_path / "secret.txt").write_text("secret")
+    passwords = home / "passwords.json"
+    passwords.write_text(json.dumps({"admin": "test-password"}))
+    base = f"http://127.0.0.1:{port}"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AIRFLOW") and k != "REPORTS_DIR"}
+    env.update({
+        "AIRFLOW_HOME": str(home), "STATE_DIR": str(state),
+        "AIRFLOW__CORE__PLUGINS_FOLDER": str(REPO_ROOT / "plugins"),
+        "AIRFLOW__CORE__DAGS_FOLDER": str(tmp_path / "dags"),
+        "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+        "AIRFLOW__API__HOST": "127.0.0.1", "AIRFLOW__API__PORT": str(port),
+        "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"{base}/execution/",
+        "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": "admin:admin",
+        "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE": str(passwords),
+        "AIRFLOW__API_AUTH__JWT_SECRET": os.urandom(32).hex(),
+    })
+    airflow = str(Path(sys.executable).parent / "airflow")
+    subprocess.run([airflow, "db", "migrate"], env=env, check=True, timeout=120,
+                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    log = (tmp_path / "api-server.log").open("w")
+    proc = subprocess.Popen([airflow, "api-server", "-H", "127.0.0.1", "-p", str(port)], env=env,
+                            stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        with httpx.Client(base_url=base, timeout=10) as client:
+            deadline = time.monotonic() + 90
+            while True:
+                assert proc.poll() is None, (tmp_path / "api-server.log").read_text()[-3000:]
+                try:
+                    if client.get("/api/v2/monitor/health").status_code == 200:
+                        break
+                except httpx.TransportError:
+                    pass
+                assert time.monotonic() < deadline, "api-server did not start"
+                time.sleep(0.5)
+
+            anon = client.get("/drift-reports/")
+            assert anon.status_code == 401 and anon.json() == {"detail": "Not authenticated"}
+            assert client.get("/drift-reports/reports/manual__2024-01-03").status_code == 401
+            assert client.get("/drift-reports/", headers={
+                "Authorization": "Bearer not-a-jwt"}).status_code == 401
+
+            resp = client.post("/auth/token", json={"username": "admin", "password": "test-password"})
+            assert resp.status_code == 201, resp.text
+            token = resp.json()["access_token"]
+
+            # The UI login sets the same JWT as the `_token` cookie; both ways must work.
+            page = client.get("/drift-reports/", cookies={"_token": token})
+            assert page.status_code == 200, page.text
+            auth = {"Authorization": f"Bearer {token}"}
+            page = client.get("/drift-reports/", headers=auth)
+            assert "manual__live" in page.text and "delay v7" in page.text
+            assert 'href="/drift-reports/reports/manual__2024-01-03"' in page.text
+            report = client.get("/drift-reports/reports/manual__2024-01-03", headers=auth)
+            assert report.status_code == 200 and "report manual__2024-01-03" in report.text
+            summary = client.get("/drift-reports/reports/manual__2024-01-03/summary.json",
+                                 headers=auth)
+            assert summary.json()["dag_run_id"] == "manual__live"
+            # http.client sends the path as is (httpx would normalize the dot segments away).
+            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+            for bad in ("..", "../../secret.txt", "..%2Fsecret.txt", "%2e%2e", "%2E%2E%2F..%2Fsecret.txt",
+                        "..%2F..%2F..%2Fetc%2Fpasswd", ".", "..;", "..\\secret.txt"):
+                conn.request("GET", f"/drift-reports/reports/{bad}", headers=auth)
+                resp = conn.getresponse()
+                body = resp.read().decode(errors="replace")
+                assert resp.status == 404 and "secret" not in body, (bad, resp.status)
+            conn.close()
+
+            plugins = client.get("/api/v2/plugins", headers=auth).json()["plugins"]
+            (ours,) = [p for p in plugins if p["name"] == "drift_reports"]
+            assert ours["external_views"][0]["url_route"] == "drift-reports"
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+        log.close()
