@@ -32,6 +32,9 @@ class ModelConfig:
 class Normalize(nn.Module):
     """(x - mean) / std with missing values imputed at the mean, plus a missing flag per column."""
 
+    mean: torch.Tensor
+    std: torch.Tensor
+
     def __init__(self, n: int) -> None:
         super().__init__()
         self.register_buffer("mean", torch.zeros(n))
@@ -115,7 +118,7 @@ def export_onnx(net: TabularNet, path: Path, metadata: dict[str, str]) -> onnx.M
     example = (torch.zeros(2, len(cfg.numeric)), torch.zeros(2, len(cfg.categorical), dtype=torch.long))
     batch = torch.export.Dim("batch")
     program = torch.onnx.export(
-        _Probability(net), example, input_names=["__numeric", "__codes"],
+        _Probability(net).eval(), example, input_names=["__numeric", "__codes"], verbose=False,
         output_names=["probability"], opset_version=ONNX_OPSET, dynamo=True,
         dynamic_shapes={"numeric": {0: batch}, "codes": {0: batch}},
     )

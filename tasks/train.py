@@ -46,7 +46,8 @@ def predict(net: TabularNet, numeric: torch.Tensor, codes: torch.Tensor, device:
     return torch.cat(out).numpy() if out else np.zeros(0, np.float32)
 
 
-def fit(spec: PipelineSpec, training: Training, splits: Splits, device: torch.device) -> tuple[TabularNet, list[dict[str, float]]]:
+def fit(spec: PipelineSpec, training: Training, splits: Splits,
+        device: torch.device) -> tuple[TabularNet, list[dict[str, float]]]:
     """Train with early stopping on validation loss; return the best model and per-epoch metrics."""
     torch.manual_seed(training.seed)
     vocab = {c: build_vocab(splits.train[c]) for c in spec.features.categorical}

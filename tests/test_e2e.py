@@ -6,7 +6,7 @@ import os
 import socket
 import subprocess
 import sys
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -33,7 +33,7 @@ def dag(sqlite_url):
 
 
 def _run(dag, day: datetime, conf: dict) -> dict[str, str]:
-    run = dag.test(logical_date=day.replace(tzinfo=timezone.utc), run_conf=conf)
+    run = dag.test(logical_date=day.replace(tzinfo=UTC), run_conf=conf)
     return {"run": str(run.state), **{ti.task_id: str(ti.state) for ti in run.get_task_instances()}}
 
 
@@ -84,7 +84,7 @@ def test_pipeline_promotes_fails_closed_and_serves_the_champion(dag, spec, state
     assert rejected["run"] == "failed" and rejected["gate"] == "failed", rejected
     assert rejected["promote"] == "upstream_failed", rejected
     assert registry.champion_version(spec.registered_model) == champion
-    challenger = MlflowClient().get_model_version_by_alias(spec.registered_model, "challenger").version
+    challenger = str(MlflowClient().get_model_version_by_alias(spec.registered_model, "challenger").version)
     assert challenger == "2"
 
     reports = [p.parent.name for p in (state_dir / "reports").glob("*/report.html")]

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import pytest
-
 from conftest import JUNE_WEEK, MARIADB_URL, POSTGRES_URL
+
 from tasks import extract, seed
 from tasks.extract import extract_snapshot
 from tasks.snapshot import read_manifest, read_snapshot

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-
 from conftest import JUNE_WEEK
+
 from serving.model import OnnxModel
 from tasks.dataset import feature_columns, load_frame, split_by_time
 from tasks.extract import extract_snapshot

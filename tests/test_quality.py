@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-
 from conftest import JUNE_WEEK
+
 from tasks.extract import extract_snapshot
 from tasks.quality import QualityError, check_quality
 from tasks.snapshot import SnapshotWriter, read_snapshot
