@@ -16,6 +16,8 @@ MLFLOW_PORT ?= 5000
 SERVING_PORT ?= 8000
 export STATE_DIR AIRFLOW_PORT MLFLOW_PORT SERVING_PORT
 export PYTHONPATH := $(ROOT)
+# airflow standalone starts its components as `airflow ...` from PATH.
+export PATH := $(BIN):$(PATH)
 export PIPELINE_CONFIG ?= $(ROOT)/config/flights.yaml
 export AIRFLOW_CONN_FLIGHTS_DB ?= sqlite:///$(STATE_DIR)/flights.db
 export MLFLOW_TRACKING_URI ?= sqlite:///$(STATE_DIR)/mlflow/mlflow.db
@@ -91,8 +93,11 @@ up: venv seed $(AIRFLOW_HOME)/.migrated
 
 down:
 	@for p in $(RUN)/*.pid; do \
-	  [ -f "$$p" ] || continue; \
-	  kill -- -$$(cat $$p) 2>/dev/null && echo "stopped $$(basename $$p .pid)"; rm -f $$p; \
+	  [ -f "$$p" ] || continue; pg=$$(cat $$p); name=$$(basename $$p .pid); \
+	  if kill -- -$$pg 2>/dev/null; then \
+	    for _ in $$(seq 30); do kill -0 -- -$$pg 2>/dev/null || break; sleep 1; done; \
+	    kill -9 -- -$$pg 2>/dev/null; echo "stopped $$name"; \
+	  fi; rm -f $$p; \
 	done; true
 
 test: venv

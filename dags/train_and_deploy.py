@@ -6,6 +6,7 @@ so parsing this file stays fast. XCom carries references (paths, run ids, versio
 
 from __future__ import annotations
 
+import os
 from datetime import timedelta
 from typing import Any
 
@@ -37,8 +38,11 @@ def _window(params: dict[str, Any], spec: Any) -> Any:
     if params.get("window_end"):
         end = datetime.fromisoformat(params["window_end"])
     else:
+        # A manual run without a logical date has no data interval: it ends when it was asked for.
+        run = ctx["dag_run"]
+        end_at = run.data_interval_end or run.run_after
         # Source timestamps are naive local times; the interval end is compared as a wall clock.
-        end = ctx["dag_run"].data_interval_end.replace(tzinfo=None)
+        end = end_at.replace(tzinfo=None)
     days = params.get("window_days") or spec.window_days
     return Window(end - timedelta(days=days), end)
 
@@ -96,7 +100,9 @@ def train_and_deploy() -> None:
             _fail(exc)
             raise
 
-    @task(doc_md="Train the model (GPU when present) and register it in MLflow as a candidate.")
+    # Queue `gpu` routes training to a GPU worker (docker compose --profile gpu); LocalExecutor ignores it.
+    @task(queue=os.environ.get("TRAIN_QUEUE", "default"),
+          doc_md="Train the model (GPU when present) and register it in MLflow as a candidate.")
     def train(snapshot: str, quality: dict[str, Any]) -> dict[str, Any]:
         from pathlib import Path
 
