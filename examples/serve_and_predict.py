@@ -56,8 +56,12 @@ def main() -> int:
         spec = load_spec()
         reports = sorted(spec.reports_root_path.glob("*/report.html"), key=lambda p: p.stat().st_mtime)
         print("\nWhere to look:")
-        print(f"  MLflow runs and registry: make up, then http://127.0.0.1:{mlflow_port} "
-              f"(store: {settings.mlflow_tracking_uri()})")
+        print(f"  MLflow (make up):         http://127.0.0.1:{mlflow_port}  store {settings.mlflow_tracking_uri()}")
+        run_id = http_json(f"{serving_url}/v2/models/{body.get('model_name')}")[1].get("run_id")
+        if run_id:
+            run = http_json(f"{mlflow_url}/api/2.0/mlflow/runs/get?run_id={run_id}")[1]["run"]["info"]
+            print(f"  Champion's training run:  http://127.0.0.1:{mlflow_port}/#/experiments/"
+                  f"{run['experiment_id']}/runs/{run_id}")
         if reports:
             print(f"  Latest drift report:      {reports[-1]}")
         print(f"  Airflow UI:               make up, then http://127.0.0.1:{os.environ.get('AIRFLOW_PORT', '8080')} "

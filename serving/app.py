@@ -147,6 +147,7 @@ async def model_metadata(request: Request) -> Response:
     model = _model(request, request.path_params["name"])
     return _versioned(model, {
         "name": model.name, "versions": [model.version], "platform": "onnxruntime",
+        "run_id": model.metadata.get("run_id"),
         "inputs": [{"name": f.name, "datatype": "BYTES" if f.kind == "categorical" else "FP32",
                     "shape": [-1]} for f in model.features],
         "outputs": [{"name": "probability", "datatype": "FP32", "shape": [-1]}],

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -53,24 +52,18 @@ class OnnxModel:
         """JSON records -> feature columns. Missing or null numerics are NaN (the model imputes)."""
         if not records:
             raise InputError("records: at least one record is required")
+        for i, r in enumerate(records):
+            if not isinstance(r, dict):
+                raise InputError(f"records[{i}]: expected an object of feature values")
         columns: dict[str, np.ndarray] = {}
         for f in self.features:
-            values = [r.get(f.name) if isinstance(r, dict) else None for r in records]
+            values = [r.get(f.name) for r in records]
             if f.kind == "categorical":
                 columns[f.name] = np.array(["" if v is None else str(v) for v in values], dtype=object)
             else:
                 columns[f.name] = np.array([_number(f.name, i, v) for i, v in enumerate(values)],
                                            dtype=np.float32)
-        for i, r in enumerate(records):
-            if not isinstance(r, dict):
-                raise InputError(f"records[{i}]: expected an object of feature values")
         return columns
-
-    def describe(self) -> dict[str, Any]:
-        return {"name": self.name, "version": self.version, "sha256": self.sha256,
-                "features": [{"name": f.name, "kind": f.kind} for f in self.features],
-                "run_id": self.metadata.get("run_id"),
-                "config": json.loads(self.metadata.get("model_config", "{}"))}
 
 
 def _number(field: str, row: int, value: Any) -> float:

@@ -58,8 +58,10 @@ def read_table(name: str, months: set[int] | None = None) -> pd.DataFrame:
     return df
 
 
-def _expected_counts(months: set[int] | None) -> dict[str, int]:
-    return {name: len(read_table(name, months)) for name in TABLES}
+def _string_types(df: pd.DataFrame) -> dict[str, sa.types.TypeEngine[str]]:
+    """VARCHAR of the longest value instead of TEXT: MariaDB cannot index TEXT columns."""
+    return {c: sa.String(max(1, int(df[c].astype("string").str.len().max() or 1)))
+            for c in df.columns if df[c].dtype == object}
 
 
 def _current_counts(engine: sa.Engine) -> dict[str, int]:
@@ -93,7 +95,8 @@ def seed_database(url: str, months: set[int] | None = None) -> dict[str, int]:
         method = None if engine.dialect.name == "sqlite" else "multi"
         with engine.begin() as conn:
             for name, df in frames.items():
-                df.to_sql(name, conn, if_exists="replace", index=False, chunksize=2000, method=method)
+                df.to_sql(name, conn, if_exists="replace", index=False, chunksize=2000, method=method,
+                          dtype=_string_types(df))
                 for index_name, cols in _INDEXES.get(name, []):
                     conn.execute(sa.text(f"CREATE INDEX {index_name} ON {name} ({', '.join(cols)})"))
         return wanted
