@@ -148,8 +148,12 @@ def train_and_deploy() -> None:
     @task(retries=2, retry_delay=timedelta(seconds=20),
           doc_md="Move the registry alias `champion` to the candidate; serving follows it.")
     def promote(verdict: dict[str, Any]) -> dict[str, Any]:
+        from airflow.exceptions import AirflowSkipException
+
         from tasks import registry, tracking
 
+        if not verdict["promote"]:
+            raise AirflowSkipException(f"nothing to promote: {verdict['reason']}")
         spec = _spec()
         tracking.use_experiment(spec.name)
         return registry.promote(spec.registered_model, verdict["candidate"])

@@ -70,8 +70,9 @@ def test_pipeline_promotes_fails_closed_and_serves_the_champion(dag, spec, state
     champion = registry.champion_version(spec.registered_model)
     assert champion == "1"
 
-    # Rerunning an unchanged window registers nothing new and keeps the champion.
+    # Rerunning an unchanged window registers nothing new; promotion has nothing to do.
     again = _run(dag, datetime(2013, 6, 22), conf)
+    assert again.pop("promote") == "skipped", again
     assert set(again.values()) == {"success"}, again
     assert len(MlflowClient().search_model_versions(f"name='{spec.registered_model}'")) == 1
 
