@@ -33,12 +33,13 @@ class SqlSource(_Strict):
     kind: Literal["sql"]
     connection: str = Field(description="Airflow connection id; AIRFLOW_CONN_<ID> outside Airflow")
     query: str
+    allow_empty: bool = False
 
 
 class FileSource(_Strict):
     name: str
     kind: Literal["file"]
-    path: str
+    path: str = Field(description="a path, glob or fsspec URL (s3://, gs://, ...); ${VAR} expanded")
     format: Literal["csv", "parquet"]
     join: Join
 

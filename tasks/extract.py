@@ -2,67 +2,122 @@
 
 from __future__ import annotations
 
+import csv
 import hashlib
+import io
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import pandas as pd
-import sqlalchemy as sa
+import fsspec
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.csv as pacsv
+import pyarrow.parquet as pq
 
 from tasks.config import FileSource, PipelineSpec, expand
 from tasks.snapshot import SnapshotWriter, Window, snapshot_dir
-from tasks.sources import SourceError, redact
-
-# Rows per batch and per Parquet file: bounds peak memory (see make bench).
-CHUNK_ROWS = 20_000
+from tasks.sources import SourceError
+from tasks.sql_reader import read_batches
 
 
-def _sql_chunks(url: str, query: str, window: Window) -> Iterator[pd.DataFrame]:
-    """Rows of the window in chunks from a server-side cursor; the window is bound, not formatted."""
-    statement = sa.text(query).bindparams(
-        sa.bindparam("start", type_=sa.DateTime()), sa.bindparam("end", type_=sa.DateTime())
-    )
-    engine = sa.create_engine(url)
+class EmptyExtractError(SourceError):
+    """The window selected no rows and the spec does not allow an empty snapshot."""
+
+
+def read_file_source(source: FileSource) -> pa.Table:
+    """All files matching the source's path or glob (local or any fsspec URL), as one table.
+
+    Raises:
+        SourceError: no file matches, a file cannot be parsed (the message names file and row),
+            or the files disagree on their schema.
+    """
+    pattern = expand(source.path)
     try:
-        with engine.connect().execution_options(stream_results=True, yield_per=CHUNK_ROWS) as conn:
-            result = conn.execute(statement, {"start": window.start, "end": window.end})
-            columns = list(result.keys())
-            empty = True
-            for rows in result.partitions(CHUNK_ROWS):
-                empty = False
-                yield pd.DataFrame(rows, columns=columns)
-            if empty:
-                yield pd.DataFrame(columns=columns)
-    except sa.exc.OperationalError as exc:
-        raise SourceError(f"cannot query {redact(url)}: {exc.orig}") from exc
-    finally:
-        engine.dispose()
-
-
-def _read_lookup(source: FileSource) -> pd.DataFrame:
-    """A file source reduced to its join key and renamed columns (small dimension tables)."""
-    path = expand(source.path)
-    try:
-        frame = pd.read_csv(path) if source.format == "csv" else pd.read_parquet(path)
+        files = fsspec.open_files(pattern, mode="rb")
     except (OSError, ValueError) as exc:
-        raise SourceError(f"cannot read file source {source.name!r} at {path}: {exc}") from exc
+        raise SourceError(f"file source {source.name!r}: cannot list {pattern}: {exc}") from exc
+    if not files:
+        raise SourceError(f"file source {source.name!r}: no file matches {pattern}")
+    tables = []
+    for f in files:
+        try:
+            with f as fh:
+                tables.append(pacsv.read_csv(fh) if source.format == "csv" else pq.read_table(fh))
+        except (OSError, pa.ArrowInvalid) as exc:
+            where = _bad_csv_line(f) if source.format == "csv" else None
+            at = f", line {where}" if where else ""
+            raise SourceError(f"file source {source.name!r}: cannot read {f.full_name}{at}: {exc}") from exc
+    try:
+        return pa.concat_tables(tables, promote_options="default")
+    except (pa.ArrowInvalid, pa.ArrowTypeError) as exc:
+        raise SourceError(f"file source {source.name!r}: files under {pattern} disagree on their "
+                          f"schema: {exc}") from exc
+
+
+def _bad_csv_line(file: Any) -> int | None:
+    """The first line whose field count differs from the header's (Arrow's message has no line)."""
+    try:
+        with file as fh:
+            rows = csv.reader(io.TextIOWrapper(fh, encoding="utf-8", errors="replace", newline=""))
+            width = len(next(rows, []))
+            for row in rows:
+                if len(row) != width:
+                    return rows.line_num
+    except (OSError, csv.Error):
+        return None
+    return None
+
+
+def _lookup(source: FileSource) -> pa.Table:
+    """The join key and the renamed columns of a (small, dimension-like) file source."""
+    table = read_file_source(source)
     wanted = [source.join.right_on, *source.join.columns]
-    missing = [c for c in wanted if c not in frame.columns]
+    missing = [c for c in wanted if c not in table.column_names]
     if missing:
-        raise SourceError(f"file source {source.name!r} ({path}) lacks column(s) {missing}")
-    frame = frame[wanted].drop_duplicates(source.join.right_on)
-    return frame.rename(columns=source.join.columns)
+        raise SourceError(f"file source {source.name!r} ({expand(source.path)}) lacks column(s) {missing}")
+    table = table.select(wanted)
+    keys = table.column(source.join.right_on)
+    # First occurrence wins for a duplicated key, as a many-to-one join must pick one.
+    first = pc.index_in(keys, value_set=pc.unique(keys))
+    keep = pc.equal(first, pa.array(range(len(first)), type=first.type)) if len(first) else first
+    return table.filter(keep).rename_columns([source.join.right_on, *source.join.columns.values()])
 
 
-def _join(chunk: pd.DataFrame, source: FileSource, lookup: pd.DataFrame) -> pd.DataFrame:
-    joined = chunk.merge(
-        lookup, how="left", left_on=source.join.left_on, right_on=source.join.right_on,
-        validate="many_to_one",
-    )
-    if source.join.right_on != source.join.left_on:
-        joined = joined.drop(columns=[source.join.right_on])
-    return joined
+def _join(batch: pa.RecordBatch, source: FileSource, lookup: pa.Table) -> pa.RecordBatch:
+    """Left join that keeps the batch's row order: look each key up, take the matching row."""
+    left = batch.column(batch.schema.get_field_index(source.join.left_on))
+    right = lookup.column(0).combine_chunks()
+    positions = pc.index_in(left.cast(right.type) if left.type != right.type else left, value_set=right)
+    arrays, names = list(batch.columns), list(batch.schema.names)
+    for name in lookup.column_names[1:]:
+        arrays.append(lookup.column(name).combine_chunks().take(positions))
+        names.append(name)
+    return pa.RecordBatch.from_arrays(arrays, names=names)
+
+
+def _canonical(batch: pa.RecordBatch, event_time: str) -> pa.RecordBatch:
+    """One representation whatever the driver: microsecond timestamps, plain strings."""
+    arrays = []
+    for field, column in zip(batch.schema, batch.columns, strict=True):
+        if field.name == event_time and not pa.types.is_timestamp(field.type) and not pa.types.is_null(field.type):
+            column = column.cast(pa.timestamp("us"))  # SQLite hands timestamps back as text
+        elif pa.types.is_timestamp(field.type) and field.type.unit != "us":
+            column = column.cast(pa.timestamp("us", field.type.tz))
+        elif pa.types.is_large_string(field.type):
+            column = column.cast(pa.string())
+        arrays.append(column)
+    return pa.RecordBatch.from_arrays(arrays, names=batch.schema.names)
+
+
+def _batches(spec: PipelineSpec, window: Window, db_url: str) -> Iterator[pa.RecordBatch]:
+    lookups = [(s, _lookup(s)) for s in spec.file_sources]
+    params = {"start": window.start, "end": window.end}
+    for batch in read_batches(db_url, spec.sql_source.query, params, spec.sql_source.name):
+        batch = _canonical(batch, spec.event_time)
+        for source, lookup in lookups:
+            batch = _join(batch, source, lookup)
+        yield batch
 
 
 def extract_snapshot(
@@ -81,25 +136,30 @@ def extract_snapshot(
 
     Returns:
         The snapshot manifest, with `path` added.
+
+    Raises:
+        SourceError: a source is unreachable or unreadable (named, password redacted).
+        EmptyExtractError: no rows, unless the SQL source sets `allow_empty`.
+        SchemaError: a column changed type between batches.
     """
     target = snapshot_dir(data_root or spec.data_root_path, spec.name, window)
-    lookups = [(s, _read_lookup(s)) for s in spec.file_sources]
+    batches = _batches(spec, window, db_url)
+    first = next(batches)  # file sources and the database are checked before anything is written
     writer = SnapshotWriter(target)
     try:
-        for chunk in _sql_chunks(db_url, spec.sql_source.query, window):
-            # Drivers disagree on timestamps (SQLite returns text): normalise the event time.
-            if spec.event_time in chunk:
-                chunk[spec.event_time] = pd.to_datetime(chunk[spec.event_time])
-            for source, lookup in lookups:
-                chunk = _join(chunk, source, lookup)
-            writer.write(chunk)
+        writer.write(first)
+        for batch in batches:
+            writer.write(batch)
+        if writer.rows == 0 and not spec.sql_source.allow_empty:
+            raise EmptyExtractError(f"source {spec.sql_source.name!r} returned no rows for "
+                                    f"[{window.start}, {window.end}); set allow_empty to accept that")
         manifest = writer.publish({
             "pipeline": spec.name,
             "window": {"start": window.start.isoformat(), "end": window.end.isoformat()},
             "sources": [
                 {"name": spec.sql_source.name, "kind": "sql",
                  "query_sha256": hashlib.sha256(spec.sql_source.query.encode()).hexdigest()},
-                *({"name": s.name, "kind": "file", "path": expand(s.path)} for s, _ in lookups),
+                *({"name": s.name, "kind": "file", "path": expand(s.path)} for s in spec.file_sources),
             ],
         })
     except BaseException:

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+import queue
 import shutil
+import threading
+import time
 import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -12,11 +15,19 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-import pandas as pd
+import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 MANIFEST = "manifest.json"
+ROWS_PER_FILE = 1_000_000
+ROW_GROUP_ROWS = 128_000
+STALE_TEMP_S = 3600
+
+
+class SchemaError(ValueError):
+    """A column's type changed between batches or files; the message names the column."""
 
 
 @dataclass(frozen=True)
@@ -48,45 +59,156 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-class SnapshotWriter:
-    """Writes batches into a hidden temp folder, then publishes it under its final name.
+def _hash_values(digests: tuple[Any, Any, Any], arr: pa.Array) -> None:
+    """Feed a column's logical content into three streams: validity, value lengths, value bytes.
 
-    The fingerprint hashes every row in order (pandas row hashes) plus the schema, so it does
-    not depend on how rows were cut into batches or files.
+    Hashing a stream does not depend on how it was cut, so neither does the fingerprint; each
+    kind of content gets its own stream so batch boundaries cannot interleave them.
+    """
+    validity, lengths, digest = digests
+    validity.update(pc.is_valid(arr).to_numpy(zero_copy_only=False).tobytes())
+    values = arr.drop_null() if arr.null_count else arr
+    if pa.types.is_large_string(values.type):
+        values = values.cast(pa.string())
+    kind = values.type
+    if pa.types.is_null(kind) or len(values) == 0:
+        return
+    if pa.types.is_string(kind) or pa.types.is_binary(kind):
+        offsets = np.frombuffer(values.buffers()[1], np.int32)[values.offset:values.offset + len(values) + 1]
+        lengths.update(np.diff(offsets).astype(np.int32).tobytes())
+        digest.update(memoryview(values.buffers()[2])[offsets[0]:offsets[-1]])
+        return
+    if pa.types.is_boolean(kind) or not _byte_width(kind):
+        # Each value terminated, so the concatenation is the same however batches were cut.
+        digest.update(values.to_numpy(zero_copy_only=False).tobytes() if pa.types.is_boolean(kind)
+                      else "".join(f"{v!r}\x1f" for v in values.to_pylist()).encode())
+        return
+    width = _byte_width(kind)
+    digest.update(memoryview(values.buffers()[1])[values.offset * width:(values.offset + len(values)) * width])
+
+
+def _byte_width(kind: pa.DataType) -> int:
+    """Bytes per value of a fixed-width type (ints, floats, timestamps, decimals), else 0."""
+    try:
+        return int(kind.bit_width // 8) if kind.bit_width % 8 == 0 else 0
+    except ValueError:
+        return 0
+
+
+def unify(schema: pa.Schema, batch: pa.RecordBatch) -> tuple[pa.Schema, pa.RecordBatch]:
+    """Reconcile a batch with the snapshot's schema: NULL-only columns adopt the other side's type.
+
+    Raises:
+        SchemaError: a column is missing, extra, or of another (non-null) type.
+    """
+    if batch.schema.names != schema.names:
+        raise SchemaError(f"columns changed between batches: {schema.names} -> {batch.schema.names}")
+    fields, arrays = [], []
+    for field, column in zip(schema, batch.columns, strict=True):
+        if column.type == field.type or pa.types.is_null(field.type):
+            fields.append(pa.field(field.name, column.type))
+            arrays.append(column)
+        elif pa.types.is_null(column.type):
+            fields.append(field)
+            arrays.append(column.cast(field.type))
+        else:
+            raise SchemaError(f"column `{field.name}` changed type from {field.type} to {column.type}")
+    unified = pa.schema(fields)
+    return unified, pa.RecordBatch.from_arrays(arrays, schema=unified)
+
+
+class SnapshotWriter:
+    """Streams batches into a hidden temp folder, then publishes it under its final name.
+
+    Parquet encoding and hashing run on a worker thread (both release the GIL), so they overlap
+    with fetching the next batches; the bounded queue keeps memory flat.
     """
 
-    def __init__(self, target: Path) -> None:
+    def __init__(self, target: Path, rows_per_file: int | None = None) -> None:
         self.target = target
+        target.parent.mkdir(parents=True, exist_ok=True)
+        _remove_stale_temps(target)
         self.tmp = target.parent / f".{target.name}.tmp-{uuid.uuid4().hex[:8]}"
-        self.tmp.mkdir(parents=True)
-        self.files: list[dict[str, Any]] = []
+        self.tmp.mkdir()
+        self.rows_per_file = rows_per_file or ROWS_PER_FILE
         self.schema: pa.Schema | None = None
-        self._rows_hash = hashlib.sha256()
         self.rows = 0
+        self.files: list[dict[str, Any]] = []
+        self._digests: list[tuple[Any, Any, Any]] = []
+        self._queue: queue.Queue[pa.RecordBatch | None] = queue.Queue(maxsize=4)
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._drain, name="snapshot-writer", daemon=True)
+        self._thread.start()
 
-    def write(self, frame: pd.DataFrame) -> None:
-        table = pa.Table.from_pandas(frame, schema=self.schema, preserve_index=False)
+    def write(self, batch: pa.RecordBatch) -> None:
+        if self._error is not None:
+            raise self._error
         if self.schema is None:
-            self.schema = table.schema
-        name = f"part-{len(self.files):05d}.parquet"
-        pq.write_table(table, self.tmp / name)
-        self._rows_hash.update(pd.util.hash_pandas_object(frame, index=False).to_numpy().tobytes())
-        self.rows += len(frame)
-        self.files.append({"path": name, "rows": len(frame), "sha256": _sha256(self.tmp / name)})
+            self.schema = batch.schema
+            self._digests = [(hashlib.sha256(), hashlib.sha256(), hashlib.sha256()) for _ in batch.schema]
+        else:
+            self.schema, batch = unify(self.schema, batch)
+        self.rows += batch.num_rows
+        self._queue.put(batch)
+
+    def _drain(self) -> None:
+        writer: pq.ParquetWriter | None = None
+        pending: list[pa.RecordBatch] = []
+        in_file = pending_rows = 0
+        try:
+            while True:
+                batch = self._queue.get()
+                if batch is not None:
+                    for digest, column in zip(self._digests, batch.columns, strict=True):
+                        _hash_values(digest, column)
+                    pending.append(batch)
+                    pending_rows += batch.num_rows
+                if pending and (batch is None or pending_rows >= ROW_GROUP_ROWS
+                                or in_file + pending_rows >= self.rows_per_file
+                                or (writer is not None and pending[-1].schema != writer.schema)):
+                    # Earlier NULL-only columns take the type that arrived later (see unify).
+                    last = pending[-1].schema
+                    table = pa.Table.from_batches([b if b.schema == last else b.cast(last) for b in pending])
+                    if writer is not None and (in_file + table.num_rows > self.rows_per_file
+                                               or table.schema != writer.schema):
+                        writer.close()
+                        writer, in_file = None, 0
+                    if writer is None:
+                        writer = pq.ParquetWriter(self.tmp / f"part-{len(self.files):05d}.parquet", table.schema)
+                        self.files.append({"path": f"part-{len(self.files):05d}.parquet", "rows": 0})
+                    writer.write_table(table, row_group_size=ROW_GROUP_ROWS)
+                    self.files[-1]["rows"] += table.num_rows
+                    in_file += table.num_rows
+                    pending, pending_rows = [], 0
+                if batch is None:
+                    break
+        except BaseException as exc:  # noqa: BLE001 - re-raised in the calling thread
+            self._error = exc
+            while self._queue.get() is not None:  # unblock the producer until it stops
+                pass
+        finally:
+            if writer is not None:
+                writer.close()
+
+    def _finish(self) -> None:
+        self._queue.put(None)
+        self._thread.join()
+        if self._error is not None:
+            raise self._error
 
     def publish(self, details: dict[str, Any]) -> dict[str, Any]:
         """Write the manifest and make the snapshot visible; an identical one is kept as it is."""
+        self._finish()
         schema = self.schema or pa.schema([])
         fields = [{"name": f.name, "type": str(f.type)} for f in schema]
         digest = hashlib.sha256(json.dumps(fields).encode())
-        digest.update(self._rows_hash.digest())
-        manifest = {
-            **details,
-            "rows": self.rows,
-            "schema": fields,
-            "files": self.files,
-            "fingerprint": digest.hexdigest(),
-        }
+        for streams in self._digests:
+            for stream in streams:
+                digest.update(stream.digest())
+        for f in self.files:
+            f["sha256"] = _sha256(self.tmp / f["path"])
+        manifest = {**details, "rows": self.rows, "schema": fields, "files": self.files,
+                    "fingerprint": digest.hexdigest()}
         (self.tmp / MANIFEST).write_text(json.dumps(manifest, indent=2, default=str))
         existing = read_manifest(self.target) if (self.target / MANIFEST).exists() else None
         if existing and existing["fingerprint"] == manifest["fingerprint"]:
@@ -103,7 +225,18 @@ class SnapshotWriter:
         return manifest
 
     def discard(self) -> None:
+        if self._thread.is_alive():
+            self._error = self._error or RuntimeError("discarded")
+            self._queue.put(None)
+            self._thread.join()
         shutil.rmtree(self.tmp, ignore_errors=True)
+
+
+def _remove_stale_temps(target: Path) -> None:
+    """Temp folders of killed runs (hidden, so never read) are removed once clearly abandoned."""
+    for tmp in target.parent.glob(f".{target.name}.*-*"):
+        if time.time() - tmp.stat().st_mtime > STALE_TEMP_S:
+            shutil.rmtree(tmp, ignore_errors=True)
 
 
 def read_manifest(path: Path) -> dict[str, Any]:
@@ -112,10 +245,11 @@ def read_manifest(path: Path) -> dict[str, Any]:
 
 
 def read_snapshot(path: Path, columns: Iterable[str] | None = None) -> pa.Table:
-    """All rows of a snapshot, in order, as one Arrow table."""
+    """All rows of a snapshot, in order, as one Arrow table (NULL-only parts adopt the real type)."""
     manifest = read_manifest(path)
     cols = list(columns) if columns is not None else None
     tables = [pq.read_table(path / f["path"], columns=cols) for f in manifest["files"]]
     if not tables:
-        return pa.table({c: pa.array([], pa.null()) for c in (cols or [])})
-    return pa.concat_tables(tables)
+        names = cols if cols is not None else [f["name"] for f in manifest["schema"]]
+        return pa.table({c: pa.array([], pa.null()) for c in names})
+    return pa.concat_tables(tables, promote_options="default")

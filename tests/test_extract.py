@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 from conftest import JUNE_WEEK, MARIADB_URL, POSTGRES_URL
 
-from tasks import extract, seed
-from tasks.extract import extract_snapshot
+from tasks import seed, snapshot, sql_reader
+from tasks.extract import EmptyExtractError, extract_snapshot
 from tasks.snapshot import read_manifest, read_snapshot
 from tasks.sources import SourceError
 
@@ -31,7 +31,8 @@ def test_rerun_gives_the_same_fingerprint_and_no_duplicates(spec, sqlite_url, da
 
 def test_fingerprint_does_not_depend_on_file_layout(spec, sqlite_url, data_root, tmp_path, monkeypatch):
     whole = extract_snapshot(spec, JUNE_WEEK, sqlite_url, data_root)
-    monkeypatch.setattr(extract, "CHUNK_ROWS", 1000)
+    monkeypatch.setattr(sql_reader, "CHUNK_ROWS", 1000)
+    monkeypatch.setattr(snapshot, "ROWS_PER_FILE", 2500)
     split = extract_snapshot(spec, JUNE_WEEK, sqlite_url, tmp_path / "other")
     assert len(split["files"]) > len(whole["files"])
     assert split["fingerprint"] == whole["fingerprint"]
@@ -62,3 +63,12 @@ def test_server_databases_give_the_same_snapshot_as_sqlite(spec, sqlite_url, dat
     assert manifest["rows"] == reference["rows"]
     assert read_manifest(data_root / "flights" / JUNE_WEEK.slug)["fingerprint"] == manifest["fingerprint"]
     assert manifest["fingerprint"] == reference["fingerprint"]
+
+
+def test_empty_window_is_a_clear_failure_and_writes_nothing(spec, sqlite_url, data_root):
+    from datetime import datetime
+
+    from tasks.snapshot import Window
+    with pytest.raises(EmptyExtractError, match="returned no rows"):
+        extract_snapshot(spec, Window(datetime(2014, 1, 1), datetime(2014, 1, 2)), sqlite_url, data_root)
+    assert not list((data_root / "flights").glob("*"))

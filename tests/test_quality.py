@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pandas as pd
+import pyarrow as pa
 import pytest
 from conftest import JUNE_WEEK
 
@@ -16,7 +17,7 @@ from tasks.snapshot import SnapshotWriter, read_snapshot
 def _rewrite(source: Path, target: Path, change) -> Path:
     frame = change(read_snapshot(source).to_pandas())
     writer = SnapshotWriter(target)
-    writer.write(frame)
+    writer.write(pa.RecordBatch.from_pandas(frame, preserve_index=False))
     writer.publish({"pipeline": "flights"})
     return target
 
@@ -52,10 +53,12 @@ def test_single_class_label_fails(spec, clean, tmp_path):
         check_quality(spec, broken)
 
 
-def test_empty_extract_fails_on_row_count(spec, sqlite_url, data_root):
+def test_empty_window_allowed_by_the_spec_still_fails_the_contract(spec, sqlite_url, data_root):
     from datetime import datetime
 
     from tasks.snapshot import Window
-    extract_snapshot(spec, Window(datetime(2014, 1, 1), datetime(2014, 1, 2)), sqlite_url, data_root)
+    allowing = spec.model_copy(update={"sources": [
+        spec.sources[0].model_copy(update={"allow_empty": True}), *spec.sources[1:]]})
+    extract_snapshot(allowing, Window(datetime(2014, 1, 1), datetime(2014, 1, 2)), sqlite_url, data_root)
     with pytest.raises(QualityError, match="0 rows, at least 1000 required"):
         check_quality(spec, data_root / "flights" / "20140101T0000_20140102T0000")

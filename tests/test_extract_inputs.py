@@ -1,0 +1,133 @@
+"""Extraction against real databases and files: values survive exactly, bad input is named."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+from datetime import UTC, datetime
+from decimal import Decimal
+from pathlib import Path
+
+import pyarrow as pa
+import pytest
+import sqlalchemy as sa
+from conftest import JUNE_WEEK, MARIADB_URL, POSTGRES_URL
+from sqlalchemy.dialects.mysql import DATETIME
+
+from tasks.config import FileSource, Join
+from tasks.extract import extract_snapshot, read_file_source
+from tasks.snapshot import SchemaError, read_manifest, unify
+from tasks.sources import SourceError
+from tasks.sql_reader import read_batches
+
+REPO = Path(__file__).resolve().parent.parent
+ROWS = [
+    (1, 1.5, "a", datetime(2013, 6, 1, 5, 15), Decimal("12.50")),
+    (2, None, None, None, None),
+    (3, -0.25, "é ü", datetime(2013, 6, 2, 23, 59, 59, 123456), Decimal("-1.00")),
+]
+
+
+def _typed_table(url: str) -> None:
+    engine = sa.create_engine(url)
+    meta = sa.MetaData()
+    timestamp = sa.DateTime().with_variant(DATETIME(fsp=6), "mysql", "mariadb")  # keep microseconds
+    table = sa.Table("extract_types", meta, sa.Column("id", sa.BigInteger), sa.Column("x", sa.Float),
+                     sa.Column("s", sa.String(20)), sa.Column("ts", timestamp), sa.Column("d", sa.Numeric(10, 2)))
+    with engine.begin() as conn:
+        meta.drop_all(conn)
+        meta.create_all(conn)
+        conn.execute(table.insert(), [dict(zip(["id", "x", "s", "ts", "d"], r, strict=True)) for r in ROWS])
+    engine.dispose()
+
+
+@pytest.mark.parametrize("url", [POSTGRES_URL, MARIADB_URL, "sqlite"], ids=["postgres", "mariadb", "sqlite"])
+def test_values_and_nulls_come_back_exactly(url, tmp_path):
+    url = f"sqlite:///{tmp_path}/t.db" if url == "sqlite" else url
+    _typed_table(url)
+    batches = list(read_batches(url, "SELECT id, x, s, ts, d FROM extract_types WHERE id >= :low ORDER BY id",
+                                {"low": 1}, "types"))
+    rows = pa.Table.from_batches(batches).to_pylist()
+    assert [r["id"] for r in rows] == [1, 2, 3]
+    assert rows[1] == {"id": 2, "x": None, "s": None, "ts": None, "d": None}
+    assert rows[0]["x"] == 1.5 and rows[2]["x"] == -0.25 and rows[2]["s"] == "é ü"
+    if not url.startswith("sqlite"):  # SQLite has no timestamp or decimal type: text and float come back
+        assert rows[2]["ts"] == datetime(2013, 6, 2, 23, 59, 59, 123456)
+        assert Decimal(str(rows[0]["d"])) == Decimal("12.50")
+
+
+def test_postgres_timestamptz_keeps_the_instant():
+    engine = sa.create_engine(POSTGRES_URL)
+    with engine.begin() as conn:
+        conn.execute(sa.text("DROP TABLE IF EXISTS extract_tz"))
+        conn.execute(sa.text("CREATE TABLE extract_tz (at timestamptz)"))
+        conn.execute(sa.text("INSERT INTO extract_tz VALUES ('2013-06-01 05:15:00-04:00')"))
+    engine.dispose()
+    batch = next(read_batches(POSTGRES_URL, "SELECT at FROM extract_tz", {}, "tz"))
+    assert batch.schema.field("at").type.tz == "UTC"
+    assert batch.column(0)[0].as_py() == datetime(2013, 6, 1, 9, 15, tzinfo=UTC)
+
+
+@pytest.mark.parametrize("url", [POSTGRES_URL, "sqlite"], ids=["postgres", "sqlite"])
+def test_sql_error_names_the_source_and_the_problem(url, tmp_path, sqlite_url):
+    url = sqlite_url if url == "sqlite" else url
+    with pytest.raises(SourceError, match=r"source 'broken'.*no_such_column"):
+        list(read_batches(url, "SELECT no_such_column FROM flights", {}, "broken"))
+
+
+def _airports(tmp_path: Path, pattern: str) -> FileSource:
+    return FileSource(name="airports", kind="file", path=str(tmp_path / pattern), format="csv",
+                      join=Join(left_on="dest", right_on="faa", columns={"lat": "dest_lat"}))
+
+
+def test_malformed_csv_names_file_and_line(tmp_path):
+    (tmp_path / "a.csv").write_text("faa,lat\nJFK,40.6\nLAX,33.9,extra\n")
+    with pytest.raises(SourceError, match=r"a\.csv, line 3"):
+        read_file_source(_airports(tmp_path, "a.csv"))
+
+
+def test_glob_reads_every_file_and_type_drift_between_files_is_named(tmp_path):
+    (tmp_path / "a.csv").write_text("faa,lat\nJFK,40.6\n")
+    (tmp_path / "b.csv").write_text("faa,lat\nLAX,33.9\n")
+    assert read_file_source(_airports(tmp_path, "*.csv")).num_rows == 2
+    (tmp_path / "c.csv").write_text("faa,lat\nSFO,north\n")
+    with pytest.raises(SourceError, match="lat"):
+        read_file_source(_airports(tmp_path, "*.csv"))
+
+
+def test_missing_file_is_named(tmp_path):
+    with pytest.raises(SourceError, match="no file matches"):
+        read_file_source(_airports(tmp_path, "nothing-*.csv"))
+
+
+def test_type_change_between_batches_is_a_schema_error():
+    schema = pa.schema([("seats", pa.int64())])
+    with pytest.raises(SchemaError, match="`seats` changed type from int64 to string"):
+        unify(schema, pa.RecordBatch.from_pydict({"seats": ["many"]}))
+    # A NULL-only batch is not a change: it adopts the column's type.
+    assert unify(schema, pa.RecordBatch.from_pydict({"seats": pa.nulls(2)}))[1].schema == schema
+
+
+def test_killed_extract_leaves_nothing_visible_and_rerun_matches(spec, sqlite_url, data_root, tmp_path):
+    script = textwrap.dedent(f"""
+        import os, signal
+        from tasks import snapshot
+        from tasks.config import load_spec
+        from tasks.extract import extract_snapshot
+        from tasks.snapshot import Window
+        from datetime import datetime
+        snapshot.SnapshotWriter.publish = lambda self, details: os.kill(os.getpid(), signal.SIGKILL)
+        extract_snapshot(load_spec(), Window(datetime(2013, 6, 1), datetime(2013, 6, 8)),
+                         {sqlite_url!r}, __import__("pathlib").Path({str(data_root)!r}))
+    """)
+    proc = subprocess.run([sys.executable, "-c", script], env={**os.environ, "PYTHONPATH": str(REPO)},
+                          capture_output=True, check=False)
+    assert proc.returncode == -9
+    visible = [p for p in (data_root / "flights").iterdir() if not p.name.startswith(".")]
+    assert visible == []
+    manifest = extract_snapshot(spec, JUNE_WEEK, sqlite_url, data_root)
+    reference = extract_snapshot(spec, JUNE_WEEK, sqlite_url, tmp_path / "clean")
+    assert manifest["fingerprint"] == reference["fingerprint"]
+    assert read_manifest(data_root / "flights" / JUNE_WEEK.slug)["rows"] == reference["rows"]
