@@ -90,12 +90,11 @@ def train_and_deploy() -> None:
 
     @task(doc_md="Check the snapshot against the data contract; stop here if it is broken.")
     def check_quality(snapshot: str) -> dict[str, Any]:
-        from pathlib import Path
-
+        from tasks.config import as_path
         from tasks.quality import QualityError, check_quality
 
         try:
-            return check_quality(_spec(), Path(snapshot))
+            return check_quality(_spec(), as_path(snapshot))
         except QualityError as exc:
             _fail(exc)
             raise
@@ -104,22 +103,20 @@ def train_and_deploy() -> None:
     @task(queue=os.environ.get("TRAIN_QUEUE", "default"),
           doc_md="Train the model (GPU when present) and register it in MLflow as a candidate.")
     def train(snapshot: str, quality: dict[str, Any]) -> dict[str, Any]:
-        from pathlib import Path
-
+        from tasks.config import as_path
         from tasks.train import train_model
 
         params = get_current_context()["params"]
         overrides = {k: params.get(k) for k in ("epochs", "learning_rate", "batch_size")}
-        return train_model(_spec(), Path(snapshot), quality, overrides)
+        return train_model(_spec(), as_path(snapshot), quality, overrides)
 
     @task(doc_md="Score the newest flights with the exported model; check ONNX matches torch.")
     def evaluate(snapshot: str, candidate: dict[str, Any]) -> dict[str, Any]:
-        from pathlib import Path
-
+        from tasks.config import as_path
         from tasks.evaluate import ParityError, evaluate_model
 
         try:
-            return evaluate_model(_spec(), Path(snapshot), candidate["run_id"], candidate["model_version"])
+            return evaluate_model(_spec(), as_path(snapshot), candidate["run_id"], candidate["model_version"])
         except ParityError as exc:
             _fail(exc)
             raise
@@ -134,12 +131,11 @@ def train_and_deploy() -> None:
     @task(doc_md="Apply the promotion rules; the champion is re-scored on the same holdout.")
     def gate(snapshot: str, quality: dict[str, Any], candidate: dict[str, Any],
              evaluation: dict[str, Any]) -> dict[str, Any]:
-        from pathlib import Path
-
+        from tasks.config import as_path
         from tasks.gate import GateRejected, decide_promotion
 
         try:
-            return decide_promotion(_spec(), Path(snapshot), candidate["run_id"],
+            return decide_promotion(_spec(), as_path(snapshot), candidate["run_id"],
                                     candidate["model_version"], evaluation, quality)
         except GateRejected as exc:
             _fail(exc)

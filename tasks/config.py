@@ -9,6 +9,7 @@ from typing import Annotated, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from upath import UPath
 
 from tasks import settings
 
@@ -123,11 +124,19 @@ class PipelineSpec(_Strict):
 
     @property
     def data_root_path(self) -> Path:
-        return Path(expand(self.data_root))
+        """Local folder, or object storage (s3://, gs://, memory://, ...) as a pathlib-like UPath."""
+        return as_path(expand(self.data_root))
 
     @property
     def reports_root_path(self) -> Path:
         return Path(expand(self.reports_root))
+
+
+def as_path(location: str) -> Path:
+    """A local Path for plain paths; an fsspec-backed UPath for URLs."""
+    if "://" not in location or location.startswith("file://"):
+        return Path(location.removeprefix("file://"))
+    return UPath(location)  # type: ignore[return-value]  # pathlib-compatible API
 
 
 def expand(value: str) -> str:

@@ -8,7 +8,7 @@ from pathlib import Path
 import mlflow
 
 from tasks import registry, tracking
-from tasks.config import PipelineSpec
+from tasks.config import PipelineSpec, as_path
 from tasks.drift import build_drift_report
 
 
@@ -29,9 +29,9 @@ def write_run_report(spec: PipelineSpec, snapshot: str, run_id: str, version: st
     reference = None
     if champion is not None:
         ref = registry.version_tags(spec.registered_model, champion).get("data.snapshot")
-        reference = Path(ref) if ref and Path(ref).exists() else None
+        reference = as_path(ref) if ref and as_path(ref).exists() else None
     out = report_dir(spec, dag_run_id)
-    summary = build_drift_report(spec, Path(snapshot), reference, out, context={
+    summary = build_drift_report(spec, as_path(snapshot), reference, out, context={
         "dag_run_id": dag_run_id, "model_name": spec.registered_model, "model_version": version,
         "champion_version": champion,
     })

@@ -47,8 +47,15 @@ class Window:
 
 
 def snapshot_dir(data_root: Path, pipeline: str, window: Window) -> Path:
-    """The deterministic home of a (pipeline, window) snapshot: reruns land in the same place."""
+    """The deterministic home of a (pipeline, window) snapshot: reruns land in the same place.
+
+    `data_root` is a local Path or a UPath on object storage (s3://, gs://, ... through fsspec).
+    """
     return data_root / pipeline / window.slug
+
+
+def is_local(path: Path) -> bool:
+    return isinstance(path, Path) and not getattr(path, "protocol", "")
 
 
 def _sha256(path: Path) -> str:
@@ -126,10 +133,19 @@ class SnapshotWriter:
 
     def __init__(self, target: Path, rows_per_file: int | None = None) -> None:
         self.target = target
+        self.run = uuid.uuid4().hex[:8]
+        self.local = is_local(target)
         target.parent.mkdir(parents=True, exist_ok=True)
-        _remove_stale_temps(target)
-        self.tmp = target.parent / f".{target.name}.tmp-{uuid.uuid4().hex[:8]}"
-        self.tmp.mkdir()
+        if self.local:
+            # Local: a hidden temp folder renamed into place at the end.
+            _remove_stale_temps(target)
+            self.tmp = target.parent / f".{target.name}.tmp-{self.run}"
+            self.tmp.mkdir()
+        else:
+            # Object storage has no atomic folder rename: parts get run-unique names next to the
+            # manifest, and the manifest (one object, written last) is what makes them visible.
+            self.tmp = target
+            target.mkdir(parents=True, exist_ok=True)
         self.rows_per_file = rows_per_file or ROWS_PER_FILE
         self.schema: pa.Schema | None = None
         self.rows = 0
@@ -171,11 +187,13 @@ class SnapshotWriter:
                     table = pa.Table.from_batches([b if b.schema == last else b.cast(last) for b in pending])
                     if writer is not None and (in_file + table.num_rows > self.rows_per_file
                                                or table.schema != writer.schema):
-                        writer.close()
+                        self._close(writer)
                         writer, in_file = None, 0
                     if writer is None:
-                        writer = pq.ParquetWriter(self.tmp / f"part-{len(self.files):05d}.parquet", table.schema)
-                        self.files.append({"path": f"part-{len(self.files):05d}.parquet", "rows": 0})
+                        name = self._part_name(len(self.files))
+                        sink = self.tmp / name if self.local else (self.tmp / name).open("wb")
+                        writer = pq.ParquetWriter(sink, table.schema)
+                        self.files.append({"path": name, "rows": 0, "_sink": sink})
                     writer.write_table(table, row_group_size=ROW_GROUP_ROWS)
                     self.files[-1]["rows"] += table.num_rows
                     in_file += table.num_rows
@@ -188,7 +206,16 @@ class SnapshotWriter:
                 pass
         finally:
             if writer is not None:
-                writer.close()
+                self._close(writer)
+
+    def _part_name(self, index: int) -> str:
+        return f"part-{index:05d}.parquet" if self.local else f"part-{self.run}-{index:05d}.parquet"
+
+    def _close(self, writer: pq.ParquetWriter) -> None:
+        writer.close()
+        sink = self.files[-1].pop("_sink")
+        if not isinstance(sink, Path):
+            sink.close()
 
     def _finish(self) -> None:
         self._queue.put(None)
@@ -206,14 +233,23 @@ class SnapshotWriter:
             for stream in streams:
                 digest.update(stream.digest())
         for f in self.files:
+            f.pop("_sink", None)
             f["sha256"] = _sha256(self.tmp / f["path"])
         manifest = {**details, "rows": self.rows, "schema": fields, "files": self.files,
                     "fingerprint": digest.hexdigest()}
-        (self.tmp / MANIFEST).write_text(json.dumps(manifest, indent=2, default=str))
         existing = read_manifest(self.target) if (self.target / MANIFEST).exists() else None
         if existing and existing["fingerprint"] == manifest["fingerprint"]:
             self.discard()
             return existing
+        text = json.dumps(manifest, indent=2, default=str)
+        if not self.local:
+            (self.target / MANIFEST).write_text(text)
+            keep = {f["path"] for f in self.files} | {MANIFEST}
+            for stale in self.target.iterdir():  # parts of the snapshot this one replaced
+                if stale.name not in keep:
+                    stale.unlink()
+            return manifest
+        (self.tmp / MANIFEST).write_text(text)
         if self.target.exists():
             # Move the old one aside first: the target name never shows a half-written folder.
             old = self.target.parent / f".{self.target.name}.old-{uuid.uuid4().hex[:8]}"
@@ -229,7 +265,11 @@ class SnapshotWriter:
             self._error = self._error or RuntimeError("discarded")
             self._queue.put(None)
             self._thread.join()
-        shutil.rmtree(self.tmp, ignore_errors=True)
+        if self.local:
+            shutil.rmtree(self.tmp, ignore_errors=True)
+            return
+        for f in self.files:
+            (self.target / f["path"]).unlink(missing_ok=True)
 
 
 def _remove_stale_temps(target: Path) -> None:
@@ -237,6 +277,13 @@ def _remove_stale_temps(target: Path) -> None:
     for tmp in target.parent.glob(f".{target.name}.*-*"):
         if time.time() - tmp.stat().st_mtime > STALE_TEMP_S:
             shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _read_part(path: Path, columns: list[str] | None) -> pa.Table:
+    if is_local(path):
+        return pq.read_table(path, columns=columns)
+    with path.open("rb") as fh:
+        return pq.read_table(fh, columns=columns)
 
 
 def read_manifest(path: Path) -> dict[str, Any]:
@@ -248,7 +295,7 @@ def read_snapshot(path: Path, columns: Iterable[str] | None = None) -> pa.Table:
     """All rows of a snapshot, in order, as one Arrow table (NULL-only parts adopt the real type)."""
     manifest = read_manifest(path)
     cols = list(columns) if columns is not None else None
-    tables = [pq.read_table(path / f["path"], columns=cols) for f in manifest["files"]]
+    tables = [_read_part(path / f["path"], cols) for f in manifest["files"]]
     if not tables:
         names = cols if cols is not None else [f["name"] for f in manifest["schema"]]
         return pa.table({c: pa.array([], pa.null()) for c in names})

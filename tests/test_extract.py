@@ -72,3 +72,20 @@ def test_empty_window_is_a_clear_failure_and_writes_nothing(spec, sqlite_url, da
     with pytest.raises(EmptyExtractError, match="returned no rows"):
         extract_snapshot(spec, Window(datetime(2014, 1, 1), datetime(2014, 1, 2)), sqlite_url, data_root)
     assert not list((data_root / "flights").glob("*"))
+
+
+def test_object_storage_data_root_gives_the_same_snapshot(spec, sqlite_url, data_root):
+    # memory:// is fsspec's in-process filesystem: the same code path as s3:// or gs://.
+    from tasks.config import as_path
+    from tasks.quality import check_quality
+
+    remote_root = as_path("memory://snapshots/extract-test")
+    local = extract_snapshot(spec, JUNE_WEEK, sqlite_url, data_root)
+    remote = extract_snapshot(spec, JUNE_WEEK, sqlite_url, remote_root)
+    assert remote["fingerprint"] == local["fingerprint"]
+    snap = remote_root / "flights" / JUNE_WEEK.slug
+    assert read_snapshot(snap).num_rows == local["rows"]
+    assert check_quality(spec, snap)["passed"]
+    again = extract_snapshot(spec, JUNE_WEEK, sqlite_url, remote_root)
+    assert again["fingerprint"] == remote["fingerprint"]
+    assert sorted(p.name for p in snap.iterdir()) == sorted([*(f["path"] for f in remote["files"]), "manifest.json"])
