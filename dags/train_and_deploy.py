@@ -78,12 +78,15 @@ def train_and_deploy() -> None:
     def extract() -> str:
         from airflow.sdk import Connection
 
+        from tasks.config import SqlSource
         from tasks.extract import extract_snapshot
         from tasks.sources import sqlalchemy_url
 
         spec = _spec()
-        conn = Connection.get(spec.sql_source.connection)
-        url = sqlalchemy_url(conn.conn_type, conn.host, conn.schema, conn.login, conn.password, conn.port)
+        url = None
+        if isinstance(spec.primary, SqlSource):  # credentials come from the Airflow connection
+            conn = Connection.get(spec.primary.connection)
+            url = sqlalchemy_url(conn.conn_type, conn.host, conn.schema, conn.login, conn.password, conn.port)
         manifest = extract_snapshot(spec, _window(get_current_context()["params"], spec), url)
         print(f"snapshot {manifest['path']}: {manifest['rows']} rows, fingerprint {manifest['fingerprint']}")
         return str(manifest["path"])

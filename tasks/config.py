@@ -42,7 +42,9 @@ class FileSource(_Strict):
     kind: Literal["file"]
     path: str = Field(description="a path, glob or fsspec URL (s3://, gs://, ...); ${VAR} expanded")
     format: Literal["csv", "parquet"]
-    join: Join
+    join: Join | None = Field(None, description="how it joins the first source; none when it is the first")
+    partitioning: Literal["hive"] | None = Field(None, description="key=value folders, e.g. day=2013-06-01/")
+    allow_empty: bool = False
 
 
 Source = Annotated[SqlSource | FileSource, Field(discriminator="kind")]
@@ -108,19 +110,24 @@ class PipelineSpec(_Strict):
     gate: Gate
 
     @model_validator(mode="after")
-    def _one_sql_source_first(self) -> PipelineSpec:
-        if not isinstance(self.sources[0], SqlSource):
-            raise ValueError("sources: the first source must be of kind 'sql' (files join onto it)")
+    def _first_source_feeds_the_rest_join(self) -> PipelineSpec:
+        first = self.sources[0]
+        if isinstance(first, FileSource) and first.join is not None:
+            raise ValueError(f"sources.0.join: the first source ({first.name}) is what others join onto")
+        for i, source in enumerate(self.sources[1:], start=1):
+            if not isinstance(source, FileSource) or source.join is None:
+                raise ValueError(f"sources.{i}: sources after the first must be files with a `join`")
         return self
 
     @property
-    def sql_source(self) -> SqlSource:
-        assert isinstance(self.sources[0], SqlSource)
+    def primary(self) -> SqlSource | FileSource:
+        """The source whose rows, filtered to the window, make the snapshot."""
         return self.sources[0]
 
     @property
-    def file_sources(self) -> list[FileSource]:
-        return [s for s in self.sources if isinstance(s, FileSource)]
+    def lookups(self) -> list[FileSource]:
+        """File sources joined onto the primary rows."""
+        return [s for s in self.sources[1:] if isinstance(s, FileSource)]
 
     @property
     def data_root_path(self) -> Path:

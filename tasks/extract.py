@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import io
+import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -15,14 +16,56 @@ import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
-from tasks.config import FileSource, PipelineSpec, expand
+from tasks.config import FileSource, PipelineSpec, SqlSource, expand
 from tasks.snapshot import SnapshotWriter, Window, snapshot_dir
 from tasks.sources import SourceError
-from tasks.sql_reader import read_batches
+from tasks.sql_reader import CHUNK_ROWS, read_batches
 
 
 class EmptyExtractError(SourceError):
     """The window selected no rows and the spec does not allow an empty snapshot."""
+
+
+def _open_files(source: FileSource) -> list[Any]:
+    pattern = expand(source.path)
+    try:
+        files = sorted(fsspec.open_files(pattern, mode="rb"), key=lambda f: f.path)
+    except (OSError, ValueError) as exc:
+        raise SourceError(f"file source {source.name!r}: cannot list {pattern}: {exc}") from exc
+    if not files:
+        raise SourceError(f"file source {source.name!r}: no file matches {pattern}")
+    return files
+
+
+def file_batches(source: FileSource, event_time: str, window: Window) -> Iterator[pa.RecordBatch]:
+    """Rows of a file source whose event time falls in the window, streamed file by file.
+
+    With `partitioning: hive`, folder names like `day=2013-06-01/` become columns too.
+    """
+    import pyarrow.dataset as pads
+
+    files = _open_files(source)
+    fs = files[0].fs
+    pattern = fs._strip_protocol(expand(source.path))
+    base = re.split(r"[*?\[]", pattern, maxsplit=1)[0].rsplit("/", 1)[0]
+    try:
+        dataset = pads.dataset([f.path for f in files], filesystem=fs, format=source.format,
+                               partitioning="hive" if source.partitioning else None,
+                               partition_base_dir=base if source.partitioning else None)
+        if event_time not in dataset.schema.names:
+            raise SourceError(f"file source {source.name!r}: no column `{event_time}` to select the window by")
+        kind = dataset.schema.field(event_time).type
+        column = pads.field(event_time)
+        window_filter = ((column >= pa.scalar(window.start).cast(kind))
+                         & (column < pa.scalar(window.end).cast(kind)))
+        empty = True
+        for batch in dataset.scanner(filter=window_filter, batch_size=CHUNK_ROWS).to_batches():
+            empty = False
+            yield batch
+        if empty:
+            yield pa.RecordBatch.from_pylist([], schema=dataset.schema)
+    except (OSError, pa.ArrowInvalid, pa.ArrowTypeError) as exc:
+        raise SourceError(f"file source {source.name!r} ({expand(source.path)}): {exc}") from exc
 
 
 def read_file_source(source: FileSource) -> pa.Table:
@@ -33,12 +76,7 @@ def read_file_source(source: FileSource) -> pa.Table:
             or the files disagree on their schema.
     """
     pattern = expand(source.path)
-    try:
-        files = fsspec.open_files(pattern, mode="rb")
-    except (OSError, ValueError) as exc:
-        raise SourceError(f"file source {source.name!r}: cannot list {pattern}: {exc}") from exc
-    if not files:
-        raise SourceError(f"file source {source.name!r}: no file matches {pattern}")
+    files = _open_files(source)
     tables = []
     for f in files:
         try:
@@ -71,6 +109,7 @@ def _bad_csv_line(file: Any) -> int | None:
 
 def _lookup(source: FileSource) -> pa.Table:
     """The join key and the renamed columns of a (small, dimension-like) file source."""
+    assert source.join is not None
     table = read_file_source(source)
     wanted = [source.join.right_on, *source.join.columns]
     missing = [c for c in wanted if c not in table.column_names]
@@ -86,6 +125,7 @@ def _lookup(source: FileSource) -> pa.Table:
 
 def _join(batch: pa.RecordBatch, source: FileSource, lookup: pa.Table) -> pa.RecordBatch:
     """Left join that keeps the batch's row order: look each key up, take the matching row."""
+    assert source.join is not None
     left = batch.column(batch.schema.get_field_index(source.join.left_on))
     right = lookup.column(0).combine_chunks()
     positions = pc.index_in(left.cast(right.type) if left.type != right.type else left, value_set=right)
@@ -110,18 +150,34 @@ def _canonical(batch: pa.RecordBatch, event_time: str) -> pa.RecordBatch:
     return pa.RecordBatch.from_arrays(arrays, names=batch.schema.names)
 
 
-def _batches(spec: PipelineSpec, window: Window, db_url: str) -> Iterator[pa.RecordBatch]:
-    lookups = [(s, _lookup(s)) for s in spec.file_sources]
-    params = {"start": window.start, "end": window.end}
-    for batch in read_batches(db_url, spec.sql_source.query, params, spec.sql_source.name):
+def _primary_batches(spec: PipelineSpec, window: Window, db_url: str | None) -> Iterator[pa.RecordBatch]:
+    source = spec.primary
+    if isinstance(source, SqlSource):
+        if db_url is None:
+            raise SourceError(f"source {source.name!r} needs a database URL (connection {source.connection!r})")
+        yield from read_batches(db_url, source.query, {"start": window.start, "end": window.end}, source.name)
+    else:
+        yield from file_batches(source, spec.event_time, window)
+
+
+def _batches(spec: PipelineSpec, window: Window, db_url: str | None) -> Iterator[pa.RecordBatch]:
+    lookups = [(s, _lookup(s)) for s in spec.lookups]
+    for batch in _primary_batches(spec, window, db_url):
         batch = _canonical(batch, spec.event_time)
         for source, lookup in lookups:
             batch = _join(batch, source, lookup)
         yield batch
 
 
+def _describe(source: SqlSource | FileSource) -> dict[str, Any]:
+    if isinstance(source, SqlSource):
+        return {"name": source.name, "kind": "sql", "connection": source.connection,
+                "query_sha256": hashlib.sha256(source.query.encode()).hexdigest()}
+    return {"name": source.name, "kind": "file", "path": expand(source.path), "format": source.format}
+
+
 def extract_snapshot(
-    spec: PipelineSpec, window: Window, db_url: str, data_root: Path | None = None
+    spec: PipelineSpec, window: Window, db_url: str | None, data_root: Path | None = None
 ) -> dict[str, Any]:
     """Write the window's rows (SQL source joined with file sources) as a snapshot.
 
@@ -131,7 +187,7 @@ def extract_snapshot(
     Args:
         spec: the pipeline spec.
         window: the training window, bound as :start and :end into the SQL query.
-        db_url: SQLAlchemy URL of the SQL source's database.
+        db_url: SQLAlchemy URL of the database when the first source is SQL (else None).
         data_root: where snapshots live (default: the spec's data_root).
 
     Returns:
@@ -144,23 +200,23 @@ def extract_snapshot(
     """
     target = snapshot_dir(data_root or spec.data_root_path, spec.name, window)
     batches = _batches(spec, window, db_url)
-    first = next(batches)  # file sources and the database are checked before anything is written
+    # File sources and the database are checked before anything is written.
+    first = next(batches, None)
+    primary = spec.primary
+    if first is None:
+        raise EmptyExtractError(f"source {primary.name!r} returned no batches")
     writer = SnapshotWriter(target)
     try:
         writer.write(first)
         for batch in batches:
             writer.write(batch)
-        if writer.rows == 0 and not spec.sql_source.allow_empty:
-            raise EmptyExtractError(f"source {spec.sql_source.name!r} returned no rows for "
+        if writer.rows == 0 and not primary.allow_empty:
+            raise EmptyExtractError(f"source {primary.name!r} returned no rows for "
                                     f"[{window.start}, {window.end}); set allow_empty to accept that")
         manifest = writer.publish({
             "pipeline": spec.name,
             "window": {"start": window.start.isoformat(), "end": window.end.isoformat()},
-            "sources": [
-                {"name": spec.sql_source.name, "kind": "sql",
-                 "query_sha256": hashlib.sha256(spec.sql_source.query.encode()).hexdigest()},
-                *({"name": s.name, "kind": "file", "path": expand(s.path)} for s in spec.file_sources),
-            ],
+            "sources": [_describe(s) for s in spec.sources],
         })
     except BaseException:
         writer.discard()

@@ -131,3 +131,39 @@ def test_killed_extract_leaves_nothing_visible_and_rerun_matches(spec, sqlite_ur
     reference = extract_snapshot(spec, JUNE_WEEK, sqlite_url, tmp_path / "clean")
     assert manifest["fingerprint"] == reference["fingerprint"]
     assert read_manifest(data_root / "flights" / JUNE_WEEK.slug)["rows"] == reference["rows"]
+
+
+def test_date_partitioned_parquet_files_as_the_first_source(spec, sqlite_url, tmp_path):
+    import pyarrow.parquet as pq
+
+    from tasks.config import FileSource
+    from tasks.snapshot import read_snapshot
+
+    # Another team's daily export: day=YYYY-MM-DD/part.parquet, the same rows the database holds.
+    reference = extract_snapshot(spec, JUNE_WEEK, sqlite_url, tmp_path / "from-db")
+    rows = read_snapshot(Path(reference["path"])).drop_columns(["dest_lat", "dest_lon", "dest_alt"])
+    days = pa.compute.strftime(rows.column("scheduled_departure"), format="%Y-%m-%d")
+    for day in sorted(set(days.to_pylist())):
+        folder = tmp_path / "export" / f"day={day}"
+        folder.mkdir(parents=True)
+        pq.write_table(rows.filter(pa.compute.equal(days, day)), folder / "part.parquet")
+    files = FileSource(name="flights_export", kind="file", path=str(tmp_path / "export" / "*" / "*.parquet"),
+                       format="parquet", partitioning="hive")
+    from_files = spec.model_copy(update={"sources": [files, *spec.sources[1:]]})
+    manifest = extract_snapshot(from_files, JUNE_WEEK, None, tmp_path / "from-files")
+    got = read_snapshot(Path(manifest["path"]))
+    assert got.num_rows == reference["rows"]
+    assert "day" in got.column_names
+    assert got.column("flight_id").to_pylist() == read_snapshot(Path(reference["path"])).column("flight_id").to_pylist()
+
+
+def test_spec_rejects_a_join_on_the_first_source(tmp_path):
+    import yaml
+
+    from tasks.config import SpecError, load_spec
+
+    raw = yaml.safe_load((REPO / "config" / "flights.yaml").read_text())
+    raw["sources"].reverse()  # the joined airports file first: nothing to join onto
+    (tmp_path / "s.yaml").write_text(yaml.safe_dump(raw))
+    with pytest.raises(SpecError, match=r"sources\.0\.join"):
+        load_spec(tmp_path / "s.yaml")
