@@ -5,7 +5,9 @@ from __future__ import annotations
 import csv
 import hashlib
 import io
+import queue
 import re
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -160,9 +162,41 @@ def _primary_batches(spec: PipelineSpec, window: Window, db_url: str | None) -> 
         yield from file_batches(source, spec.event_time, window)
 
 
+def prefetch(batches: Iterator[pa.RecordBatch], depth: int = 4) -> Iterator[pa.RecordBatch]:
+    """Pull batches on a thread of their own, so the source keeps streaming while we convert."""
+    buffer: queue.Queue[pa.RecordBatch | BaseException | None] = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+
+    def pull() -> None:
+        try:
+            for batch in batches:
+                while not stop.is_set():
+                    try:
+                        buffer.put(batch, timeout=0.1)
+                        break
+                    except queue.Full:
+                        continue
+                if stop.is_set():
+                    return
+            buffer.put(None)
+        except BaseException as exc:  # noqa: BLE001 - handed to the consumer below
+            buffer.put(exc)
+
+    worker = threading.Thread(target=pull, name="source-reader", daemon=True)
+    worker.start()
+    try:
+        while (item := buffer.get()) is not None:
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        stop.set()
+        worker.join()
+
+
 def _batches(spec: PipelineSpec, window: Window, db_url: str | None) -> Iterator[pa.RecordBatch]:
     lookups = [(s, _lookup(s)) for s in spec.lookups]
-    for batch in _primary_batches(spec, window, db_url):
+    for batch in prefetch(_primary_batches(spec, window, db_url)):
         batch = _canonical(batch, spec.event_time)
         for source, lookup in lookups:
             batch = _join(batch, source, lookup)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterator
+from datetime import date, datetime
 from typing import Any
 
 import pyarrow as pa
@@ -34,19 +35,44 @@ def read_batches(url: str, query: str, params: dict[str, Any], source: str) -> I
         yield from _sqlalchemy(url, query, params, source)
 
 
-def positional(query: str, params: dict[str, Any]) -> tuple[str, list[Any]]:
-    """`:start`/`:end` -> `$1`/`$2` (PostgreSQL wire protocol), in order of first use."""
-    order: list[str] = []
+def _pg_type(value: Any) -> str:
+    if isinstance(value, datetime):
+        return "timestamptz" if value.tzinfo else "timestamp"
+    if isinstance(value, date):
+        return "date"
+    if isinstance(value, bool):
+        return "boolean"
+    if isinstance(value, int):
+        return "bigint"
+    if isinstance(value, float):
+        return "double precision"
+    return "text"
 
-    def number(match: re.Match[str]) -> str:
+
+def session_bound(query: str, params: dict[str, Any]) -> tuple[str, str, list[Any]]:
+    """Move bind values into session settings, so the query itself takes no parameters.
+
+    PostgreSQL streams only parameter-less statements (COPY); a parameterised one is fetched
+    whole into client memory. The values still travel as bound parameters of `set_config`
+    and are read back typed with `current_setting(...)::type` — never formatted into SQL.
+
+    Returns:
+        (statement that sets the values, the rewritten query, the values in order).
+    """
+    names: list[str] = []
+
+    def setting(match: re.Match[str]) -> str:
         name = match.group(1)
         if name not in params:
             raise SourceError(f"query uses :{name}, which is not a bound parameter ({sorted(params)})")
-        if name not in order:
-            order.append(name)
-        return f"${order.index(name) + 1}"
+        if name not in names:
+            names.append(name)
+        return f"current_setting('mlops.{name}')::{_pg_type(params[name])}"
 
-    return _PARAM.sub(number, query), [params[n] for n in order]
+    rewritten = _PARAM.sub(setting, query)
+    setter = "SELECT " + ", ".join(f"set_config('mlops.{n}', ${i}, false)" for i, n in enumerate(names, 1))
+    values = [params[n].isoformat() if hasattr(params[n], "isoformat") else str(params[n]) for n in names]
+    return setter, rewritten, values
 
 
 def _libpq_uri(url: str) -> str:
@@ -58,7 +84,7 @@ def _postgres(url: str, query: str, params: dict[str, Any], source: str) -> Iter
     import adbc_driver_manager.dbapi as dbapi
     import adbc_driver_postgresql.dbapi as adbc_pg
 
-    sql, args = positional(query, params)
+    setter, sql, args = session_bound(query, params)
     try:
         conn = adbc_pg.connect(_libpq_uri(url))
     except dbapi.Error as exc:
@@ -66,7 +92,10 @@ def _postgres(url: str, query: str, params: dict[str, Any], source: str) -> Iter
     try:
         cursor = conn.cursor()
         try:
-            cursor.execute(sql, parameters=args)
+            if args:
+                cursor.execute(setter, parameters=args)
+                cursor.fetchall()
+            cursor.execute(sql)
             reader = cursor.fetch_record_batch()
             # Strip driver metadata so schemas compare equal across databases.
             schema = pa.schema([pa.field(f.name, f.type) for f in reader.schema])
