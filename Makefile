@@ -46,12 +46,13 @@ DATE ?= 2013-06-30
 CONF ?= {}
 DEMO_DATES ?= 2013-06-30 2013-07-30
 
-.PHONY: help venv demo up down test test-fast bench lint seed dags-test airflow serve clean
+.PHONY: help venv demo up down test test-fast bench bench-extract lint seed dags-test airflow serve clean
 
 help:
 	@echo "make demo    run the pipeline twice on the demo data, serve the champion, ask it for a prediction"
 	@echo "make up      Airflow UI :$(AIRFLOW_PORT), MLflow UI :$(MLFLOW_PORT), serving :$(SERVING_PORT); make down stops them"
 	@echo "make test    the whole test suite          make bench   benchmarks (ratios against baselines)"
+	@echo "make bench-extract   PostgreSQL extraction benchmark: ours vs pandas vs the COPY ceiling"
 	@echo "make seed | dags-test DAG=.. DATE=.. | airflow CMD='..' | serve | lint"
 
 venv: $(STAMP)
@@ -106,8 +107,13 @@ test: venv
 test-fast: venv
 	$(BIN)/python -m pytest -m "not slow"
 
+# bench: SQLite then PostgreSQL; bench-extract: only the PostgreSQL one (needs a server: BENCH_PG_URL,
+# default the local postgresql://root@127.0.0.1:5432/test; builds ~8 M rows in schema `bench` once).
 bench: venv
 	$(BIN)/python -m bench
+
+bench-extract: venv
+	$(BIN)/python -m bench.extract
 
 lint: venv
 	$(BIN)/ruff check dags plugins tasks serving tests bench examples
