@@ -48,7 +48,7 @@ def _window(params: dict[str, Any], spec: Any) -> Any:
 
 
 def _fail(exc: Exception) -> None:
-    from airflow.exceptions import AirflowFailException
+    from airflow.sdk.exceptions import AirflowFailException
 
     # Deterministic failures (bad data, rejected candidate): no retry would change the answer.
     raise AirflowFailException(str(exc)) from exc
@@ -79,7 +79,8 @@ def train_and_deploy() -> None:
         from airflow.sdk import Connection
 
         from tasks.config import SqlSource
-        from tasks.extract import extract_snapshot
+        from tasks.extract import EmptyExtractError, extract_snapshot
+        from tasks.snapshot import SchemaError
         from tasks.sources import sqlalchemy_url
 
         spec = _spec()
@@ -87,7 +88,11 @@ def train_and_deploy() -> None:
         if isinstance(spec.primary, SqlSource):  # credentials come from the Airflow connection
             conn = Connection.get(spec.primary.connection)
             url = sqlalchemy_url(conn.conn_type, conn.host, conn.schema, conn.login, conn.password, conn.port)
-        manifest = extract_snapshot(spec, _window(get_current_context()["params"], spec), url)
+        try:
+            manifest = extract_snapshot(spec, _window(get_current_context()["params"], spec), url)
+        except (EmptyExtractError, SchemaError) as exc:
+            _fail(exc)  # the data says so: retrying gives the same answer; an unreachable source retries
+            raise
         print(f"snapshot {manifest['path']}: {manifest['rows']} rows, fingerprint {manifest['fingerprint']}")
         return str(manifest["path"])
 
@@ -147,7 +152,7 @@ def train_and_deploy() -> None:
     @task(retries=2, retry_delay=timedelta(seconds=20),
           doc_md="Move the registry alias `champion` to the candidate; serving follows it.")
     def promote(verdict: dict[str, Any]) -> dict[str, Any]:
-        from airflow.exceptions import AirflowSkipException
+        from airflow.sdk.exceptions import AirflowSkipException
 
         from tasks import registry, tracking
 
