@@ -15,10 +15,10 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 import pyarrow.parquet as pq
+
+from tasks.fingerprint import ContentHash
 
 MANIFEST = "manifest.json"
 ROWS_PER_FILE = 1_000_000
@@ -64,42 +64,6 @@ def _sha256(path: Path) -> str:
         for block in iter(lambda: fh.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
-
-
-def _hash_values(digests: tuple[Any, Any, Any], arr: pa.Array) -> None:
-    """Feed a column's logical content into three streams: validity, value lengths, value bytes.
-
-    Hashing a stream does not depend on how it was cut, so neither does the fingerprint; each
-    kind of content gets its own stream so batch boundaries cannot interleave them.
-    """
-    validity, lengths, digest = digests
-    validity.update(pc.is_valid(arr).to_numpy(zero_copy_only=False).tobytes())
-    values = arr.drop_null() if arr.null_count else arr
-    if pa.types.is_large_string(values.type):
-        values = values.cast(pa.string())
-    kind = values.type
-    if pa.types.is_null(kind) or len(values) == 0:
-        return
-    if pa.types.is_string(kind) or pa.types.is_binary(kind):
-        offsets = np.frombuffer(values.buffers()[1], np.int32)[values.offset:values.offset + len(values) + 1]
-        lengths.update(np.diff(offsets).astype(np.int32).tobytes())
-        digest.update(memoryview(values.buffers()[2])[offsets[0]:offsets[-1]])
-        return
-    if pa.types.is_boolean(kind) or not _byte_width(kind):
-        # Each value terminated, so the concatenation is the same however batches were cut.
-        digest.update(values.to_numpy(zero_copy_only=False).tobytes() if pa.types.is_boolean(kind)
-                      else "".join(f"{v!r}\x1f" for v in values.to_pylist()).encode())
-        return
-    width = _byte_width(kind)
-    digest.update(memoryview(values.buffers()[1])[values.offset * width:(values.offset + len(values)) * width])
-
-
-def _byte_width(kind: pa.DataType) -> int:
-    """Bytes per value of a fixed-width type (ints, floats, timestamps, decimals), else 0."""
-    try:
-        return int(kind.bit_width // 8) if kind.bit_width % 8 == 0 else 0
-    except ValueError:
-        return 0
 
 
 def unify(schema: pa.Schema, batch: pa.RecordBatch) -> tuple[pa.Schema, pa.RecordBatch]:
@@ -150,7 +114,7 @@ class SnapshotWriter:
         self.schema: pa.Schema | None = None
         self.rows = 0
         self.files: list[dict[str, Any]] = []
-        self._digests: list[tuple[Any, Any, Any]] = []
+        self._content: ContentHash | None = None
         self._queue: queue.Queue[pa.RecordBatch | None] = queue.Queue(maxsize=4)
         self._error: BaseException | None = None
         self._thread = threading.Thread(target=self._drain, name="snapshot-writer", daemon=True)
@@ -161,7 +125,7 @@ class SnapshotWriter:
             raise self._error
         if self.schema is None:
             self.schema = batch.schema
-            self._digests = [(hashlib.sha256(), hashlib.sha256(), hashlib.sha256()) for _ in batch.schema]
+            self._content = ContentHash(len(batch.schema))
         else:
             self.schema, batch = unify(self.schema, batch)
         self.rows += batch.num_rows
@@ -175,8 +139,8 @@ class SnapshotWriter:
             while True:
                 batch = self._queue.get()
                 if batch is not None:
-                    for digest, column in zip(self._digests, batch.columns, strict=True):
-                        _hash_values(digest, column)
+                    assert self._content is not None
+                    self._content.update(batch)
                     pending.append(batch)
                     pending_rows += batch.num_rows
                 if pending and (batch is None or pending_rows >= ROW_GROUP_ROWS
@@ -228,15 +192,12 @@ class SnapshotWriter:
         self._finish()
         schema = self.schema or pa.schema([])
         fields = [{"name": f.name, "type": str(f.type)} for f in schema]
-        digest = hashlib.sha256(json.dumps(fields).encode())
-        for streams in self._digests:
-            for stream in streams:
-                digest.update(stream.digest())
+        fingerprint = (self._content or ContentHash(0)).hexdigest(json.dumps(fields))
         for f in self.files:
             f.pop("_sink", None)
             f["sha256"] = _sha256(self.tmp / f["path"])
         manifest = {**details, "rows": self.rows, "schema": fields, "files": self.files,
-                    "fingerprint": digest.hexdigest()}
+                    "fingerprint": fingerprint}
         existing = read_manifest(self.target) if (self.target / MANIFEST).exists() else None
         if existing and existing["fingerprint"] == manifest["fingerprint"]:
             self.discard()

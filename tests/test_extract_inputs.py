@@ -17,7 +17,8 @@ from conftest import JUNE_WEEK, MARIADB_URL, POSTGRES_URL
 from sqlalchemy.dialects.mysql import DATETIME
 
 from tasks.config import FileSource, Join
-from tasks.extract import extract_snapshot, read_file_source
+from tasks.extract import extract_snapshot
+from tasks.files import read_file_source
 from tasks.snapshot import SchemaError, read_manifest, unify
 from tasks.sources import SourceError
 from tasks.sql_reader import read_batches
