@@ -31,23 +31,24 @@ def _lookup(source: FileSource) -> pa.Table:
     missing = [c for c in wanted if c not in table.column_names]
     if missing:
         raise SourceError(f"file source {source.name!r} ({expand(source.path)}) lacks column(s) {missing}")
-    table = table.select(wanted)
-    keys = table.column(source.join.right_on)
-    # First occurrence wins for a duplicated key, as a many-to-one join must pick one.
-    first = pc.index_in(keys, value_set=pc.unique(keys))
-    keep = pc.equal(first, pa.array(range(len(first)), type=first.type)) if len(first) else first
-    return table.filter(keep).rename_columns([source.join.right_on, *source.join.columns.values()])
+    # One contiguous chunk per column, so every batch's join takes from it without copying.
+    table = table.select(wanted).combine_chunks()
+    return table.rename_columns([source.join.right_on, *source.join.columns.values()])
 
 
 def _join(batch: pa.RecordBatch, source: FileSource, lookup: pa.Table) -> pa.RecordBatch:
-    """Left join that keeps the batch's row order: look each key up, take the matching row."""
+    """Left join that keeps the batch's row order: look each key up, take the matching row.
+
+    `index_in` answers the first position of a key, so a duplicated key in the file resolves to
+    its first row, as a many-to-one join must.
+    """
     assert source.join is not None
     left = batch.column(batch.schema.get_field_index(source.join.left_on))
-    right = lookup.column(0).combine_chunks()
+    right = lookup.column(0).chunk(0)
     positions = pc.index_in(left.cast(right.type) if left.type != right.type else left, value_set=right)
     arrays, names = list(batch.columns), list(batch.schema.names)
     for name in lookup.column_names[1:]:
-        arrays.append(lookup.column(name).combine_chunks().take(positions))
+        arrays.append(lookup.column(name).chunk(0).take(positions))
         names.append(name)
     return pa.RecordBatch.from_arrays(arrays, names=names)
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 from urllib.parse import quote, unquote, urlsplit
 
+from tasks import settings
+
 # Airflow connection types -> SQLAlchemy dialect+driver that requirements.txt installs.
 _DIALECTS = {
     "sqlite": "sqlite",
@@ -64,8 +66,6 @@ def url_for_connection(conn_id: str) -> str:
     uri = os.environ.get(var)
     if uri is None:
         if conn_id == "flights_db":
-            from tasks import settings
-
             uri = settings.flights_db_uri()
         else:
             raise SourceError(f"connection {conn_id!r} is not defined: set {var}")

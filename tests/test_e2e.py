@@ -39,13 +39,12 @@ def _run(dag, day: datetime, conf: dict) -> dict[str, str]:
 
 @pytest.fixture(scope="module")
 def mlflow_server(state_dir):
-    port = _free_port()
-    cmd = [str(Path(sys.executable).parent / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(port),
-           "--workers", "1", "--backend-store-uri", os.environ["MLFLOW_TRACKING_URI"],
-           "--artifacts-destination", str(state_dir / "mlflow" / "artifacts")]
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     sys.path.insert(0, str(REPO))
-    from examples.procs import wait_for
+    from examples.procs import mlflow_server_cmd, wait_for
+
+    port = _free_port()
+    proc = subprocess.Popen(mlflow_server_cmd(state_dir, port), stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, start_new_session=True)
 
     try:
         assert wait_for(f"http://127.0.0.1:{port}/health", 90), "MLflow server did not start"

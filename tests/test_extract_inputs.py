@@ -168,3 +168,13 @@ def test_spec_rejects_a_join_on_the_first_source(tmp_path):
     (tmp_path / "s.yaml").write_text(yaml.safe_dump(raw))
     with pytest.raises(SpecError, match=r"sources\.0\.join"):
         load_spec(tmp_path / "s.yaml")
+
+
+def test_duplicated_lookup_key_joins_its_first_row_and_keeps_the_others(spec, sqlite_url, tmp_path):
+    from tasks.extract import _join, _lookup
+
+    (tmp_path / "a.csv").write_text("faa,lat\nJFK,40.6\nJFK,99.0\nLAX,33.9\n")
+    source = _airports(tmp_path, "a.csv")
+    batch = pa.RecordBatch.from_pydict({"dest": ["LAX", "JFK", "SFO"]})
+    joined = _join(batch, source, _lookup(source))
+    assert joined.column(1).to_pylist() == [33.9, 40.6, None]
