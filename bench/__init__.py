@@ -12,9 +12,12 @@ from pathlib import Path
 from tasks import settings
 
 
-def run_child(variant: str, start: str, end: str, db_url: str, out: Path) -> dict[str, float]:
-    """One run of bench._child in a fresh interpreter, so its peak RSS is its own."""
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(settings.REPO_ROOT),
+def run_child(variant: str, start: str, end: str, db_url: str, out: Path, query: str = "spec") -> dict[str, float]:
+    """One run of bench._child in a fresh interpreter, so its peak RSS is its own.
+
+    `query`: `spec` (the flights spec's join query and airports file) or `table` (flights alone).
+    """
+    env = {**os.environ, "BENCH_QUERY": query, "PYTHONPATH": os.pathsep.join(filter(None, [str(settings.REPO_ROOT),
                                                                      os.environ.get("PYTHONPATH")]))}
     proc = subprocess.run(
         [sys.executable, "-m", "bench._child", variant, start, end, db_url, str(out)],
