@@ -96,27 +96,38 @@ def train_and_deploy() -> None:
         print(f"snapshot {manifest['path']}: {manifest['rows']} rows, fingerprint {manifest['fingerprint']}")
         return str(manifest["path"])
 
-    @task(doc_md="Check the snapshot against the data contract; stop here if it is broken.")
+    @task(doc_md="Check the snapshot against the data contract (config/flights.contract.yaml); stop here if "
+                 "an error rule breaks. The table of rules is in the log, the result in the run's report folder.")
     def check_quality(snapshot: str) -> dict[str, Any]:
         from tasks.config import as_path
-        from tasks.quality import QualityError, check_quality
+        from tasks.quality import QualityError, evaluate_contract, format_table, raise_for_failures
+        from tasks.quality_report import log_failed_run, write_result
 
+        spec, run_id = _spec(), get_current_context()["run_id"]
+        result = evaluate_contract(spec, as_path(snapshot))
+        print(format_table(result))
+        print(f"result document: {write_result(spec, result, run_id)}")
         try:
-            return check_quality(_spec(), as_path(snapshot))
+            return raise_for_failures(result)  # a passing result travels on to train's MLflow run
         except QualityError as exc:
+            print(f"logged on the FAILED MLflow run {log_failed_run(spec, result, run_id)}")
             _fail(exc)
             raise
 
-    # Queue `gpu` routes training to a GPU worker (docker compose --profile gpu); LocalExecutor ignores it.
-    @task(queue=os.environ.get("TRAIN_QUEUE", "default"),
+    # TRAIN_QUEUE=gpu routes training to a GPU worker (docker compose --profile gpu); without one it stays
+    # on the default queue (LocalExecutor ignores queues). The pool (one slot per GPU) keeps trainings
+    # from sharing a card; `make` and compose create it.
+    @task(queue=os.environ.get("TRAIN_QUEUE", "default"), pool=os.environ.get("TRAIN_POOL", "gpu"),
           doc_md="Train the model (GPU when present) and register it in MLflow as a candidate.")
     def train(snapshot: str, quality: dict[str, Any]) -> dict[str, Any]:
         from tasks.config import as_path
         from tasks.train import train_model
 
-        params = get_current_context()["params"]
+        context = get_current_context()
+        params = context["params"]
         overrides = {k: params.get(k) for k in ("epochs", "learning_rate", "batch_size")}
-        return train_model(_spec(), as_path(snapshot), quality, overrides)
+        lineage = {"airflow.dag_id": context["dag"].dag_id, "airflow.run_id": context["run_id"]}
+        return train_model(_spec(), as_path(snapshot), quality, overrides, lineage=lineage)
 
     @task(doc_md="Score the newest flights with the exported model; check ONNX matches torch.")
     def evaluate(snapshot: str, candidate: dict[str, Any]) -> dict[str, Any]:

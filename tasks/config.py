@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Annotated, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 from upath import UPath
 
 from tasks import settings
@@ -64,13 +64,6 @@ class Features(_Strict):
         return [*self.numeric, *self.categorical]
 
 
-class Contract(_Strict):
-    min_rows: int = Field(ge=0)
-    max_null_share: dict[str, float] = {}
-    min_positive_share: float = Field(ge=0, le=1)
-    max_positive_share: float = Field(ge=0, le=1)
-
-
 class Training(_Strict):
     epochs: int = Field(ge=1)
     batch_size: int = Field(ge=1)
@@ -92,6 +85,15 @@ class Gate(_Strict):
     max_degradation: float = Field(ge=0)
 
 
+# Derived from the event time when the snapshot has no column of that name.
+TIME_PARTS = ("month", "weekday", "hour")
+
+
+class Evaluation(_Strict):
+    slices: list[str] = Field(default=[], description=f"columns, or {'/'.join(TIME_PARTS)} of the event time")
+    min_slice_rows: int = Field(default=100, ge=1, description="smaller slices are listed without metrics")
+
+
 class PipelineSpec(_Strict):
     name: str = Field(pattern=r"^[a-z][a-z0-9_]*$")
     description: str
@@ -104,10 +106,19 @@ class PipelineSpec(_Strict):
     event_time: str
     target: Target
     features: Features
-    contract: Contract
+    contract: str = Field(description="the data contract YAML (tasks/contract.py), relative to this file's folder")
     training: Training
     drift: Drift
     gate: Gate
+    evaluation: Evaluation = Evaluation()
+
+    @field_validator("contract")
+    @classmethod
+    def _next_to_the_spec(cls, value: str, info: ValidationInfo) -> str:
+        # The contract travels with its spec: a relative path means "in the spec's folder", not the cwd.
+        base = (info.context or {}).get("spec_dir")
+        relative = not Path(value).is_absolute() and not value.startswith("$")
+        return str(Path(base) / value) if base and relative else value
 
     @model_validator(mode="after")
     def _first_source_feeds_the_rest_join(self) -> PipelineSpec:
@@ -138,6 +149,10 @@ class PipelineSpec(_Strict):
     def reports_root_path(self) -> Path:
         return Path(expand(self.reports_root))
 
+    @property
+    def contract_path(self) -> Path:
+        return Path(expand(self.contract))
+
 
 def as_path(location: str) -> Path:
     """A local Path for plain paths; an fsspec-backed UPath for URLs."""
@@ -167,7 +182,7 @@ def load_spec(path: str | Path | None = None) -> PipelineSpec:
     except (OSError, yaml.YAMLError) as exc:
         raise SpecError(f"cannot read pipeline spec {path}: {exc}") from exc
     try:
-        return PipelineSpec.model_validate(raw)
+        return PipelineSpec.model_validate(raw, context={"spec_dir": path.resolve().parent})
     except ValidationError as exc:
         problems = "; ".join(
             f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in exc.errors()

@@ -1,71 +1,162 @@
-"""The data contract check: fail closed, with one readable sentence per broken rule."""
+"""The data contract check: fail closed, with one readable sentence per broken rule.
+
+    python -m tasks.quality check --snapshot PATH [--contract FILE]   # the table; exit 1 on an error
+    python -m tasks.quality infer --snapshot PATH --out contract.yaml # a draft to review and commit
+"""
 
 from __future__ import annotations
 
+import argparse
+import hashlib
+import sys
 from pathlib import Path
 from typing import Any
 
-import pyarrow.compute as pc
-
-from tasks.config import PipelineSpec
-from tasks.snapshot import read_manifest, read_snapshot
+from tasks import rules
+from tasks.config import PipelineSpec, SpecError, as_path, load_spec
+from tasks.contract import Contract, ContractError, ensure_fits, load_contract
+from tasks.contract_infer import write_draft
+from tasks.profile import Probe, profile_snapshot
+from tasks.snapshot import read_manifest
 
 
 class QualityError(RuntimeError):
-    """The snapshot breaks the contract; the message lists every broken rule."""
+    """The snapshot breaks an error-severity rule; the message has one sentence per broken rule."""
 
 
-def _check(rule: str, column: str | None, observed: Any, expected: str, passed: bool,
-           reason: str) -> dict[str, Any]:
-    return {"rule": rule, "column": column, "observed": observed, "expected": expected,
-            "passed": bool(passed), "severity": "error", "reason": "" if passed else reason}
+def _judge(contract: Contract, snapshot: Path, manifest: dict[str, Any]) -> list[rules.Outcome]:
+    types = {f["name"]: f["type"] for f in manifest["schema"]}
+    probes = {name: Probe(low=c.min, high=c.max, allowed=frozenset(c.categories) if c.categories else None)
+              for name, c in contract.columns.items() if name in types}
+    key = contract.unique.columns if contract.unique else []
+    label = (contract.label.column, contract.label.threshold) if contract.label else None
+    profile = profile_snapshot(snapshot, probes, key, label, keep_keys=bool(key))
+    outcomes = [*rules.row_count(contract, manifest["rows"]),
+                *rules.row_count_change(contract, snapshot, manifest),
+                *rules.freshness(contract, profile, manifest)]
+    for name, column in contract.columns.items():
+        outcomes += rules.column_rules(name, column, types.get(name), profile.columns.get(name))
+    return [*outcomes, *rules.unexpected_columns(contract, list(types)),
+            *rules.unique(contract, profile, list(types)), *rules.label_balance(contract, profile)]
 
 
-def required_columns(spec: PipelineSpec) -> list[str]:
-    return list(dict.fromkeys([spec.key, spec.event_time, spec.target.column, *spec.features.all]))
+def evaluate(contract: Contract, contract_path: Path, snapshot: Path) -> dict[str, Any]:
+    """Judge a snapshot by a contract in one streaming pass; bad data is a result, not an exception.
+
+    Returns:
+        The result document: passed, snapshot, fingerprint, rows, window, contract {path, sha256},
+        every rule (rule, column, observed, expected, passed, severity, reason, examples), and the
+        failure sentences: error ones under `failures`, warn ones under `warnings`.
+    """
+    manifest = read_manifest(snapshot)
+    outcomes = _judge(contract, snapshot, manifest)
+    broken = [o for o in outcomes if not o.passed]
+    return {
+        "passed": not any(o.severity == "error" for o in broken),
+        "snapshot": str(snapshot), "fingerprint": manifest["fingerprint"], "rows": manifest["rows"],
+        "window": manifest.get("window"),
+        "contract": {"path": str(contract_path), "sha256": hashlib.sha256(contract_path.read_bytes()).hexdigest()},
+        "rules": [o.as_dict() for o in outcomes],
+        "failures": [f"[{o.rule}] {o.reason}" for o in broken if o.severity == "error"],
+        "warnings": [f"[{o.rule}] {o.reason}" for o in broken if o.severity == "warn"],
+    }
 
 
 def evaluate_contract(spec: PipelineSpec, snapshot: Path) -> dict[str, Any]:
-    """Evaluate every contract rule on a snapshot and return the result document."""
-    manifest = read_manifest(snapshot)
-    present = {f["name"] for f in manifest["schema"]}
-    contract = spec.contract
-    checks = [_check("min_rows", None, manifest["rows"], f">= {contract.min_rows}",
-                     manifest["rows"] >= contract.min_rows,
-                     f"{manifest['rows']} rows, at least {contract.min_rows} required")]
-    for col in required_columns(spec):
-        checks.append(_check("column_present", col, col in present, "present", col in present,
-                             f"column `{col}` is missing from the snapshot"))
-    table = read_snapshot(snapshot, [c for c in required_columns(spec) if c in present])
-    rows = max(table.num_rows, 1)
-    for col, limit in contract.max_null_share.items():
-        if col not in present:
-            continue
-        # NaN became NULL when the batch went to Arrow, so null_count covers both.
-        share = table.column(col).null_count / rows
-        checks.append(_check("max_null_share", col, round(share, 6), f"<= {limit}", share <= limit,
-                             f"column `{col}`: {share:.1%} NULL, at most {limit:.1%} allowed"))
-    if spec.target.column in present and table.num_rows:
-        labels = table.column(spec.target.column).drop_null()
-        positive = pc.sum(pc.greater_equal(labels, spec.target.threshold)).as_py() or 0
-        share = positive / max(len(labels), 1)
-        low, high = contract.min_positive_share, contract.max_positive_share
-        checks.append(_check("positive_share", spec.target.column, round(share, 6),
-                             f"between {low} and {high}", low <= share <= high,
-                             f"label `{spec.target.column} >= {spec.target.threshold}`: "
-                             f"{share:.1%} positive, expected {low:.0%} to {high:.0%}"))
-    failures = [c["reason"] for c in checks if not c["passed"]]
-    return {"passed": not failures, "fingerprint": manifest["fingerprint"], "rows": manifest["rows"],
-            "checks": checks, "failures": failures}
+    """Judge a snapshot by the spec's contract (see `evaluate`).
+
+    Raises:
+        ContractError: the contract file is invalid or does not describe what the spec uses.
+    """
+    contract = load_contract(spec.contract_path)
+    ensure_fits(contract, spec)
+    return evaluate(contract, spec.contract_path, snapshot)
+
+
+def summary(result: dict[str, Any]) -> str:
+    """The error sentences, one per line, under a headline naming the contract and the snapshot."""
+    name = Path(result["contract"]["path"]).name
+    lines = [f"data contract {name} failed on {Path(result['snapshot']).name} "
+             f"({len(result['failures'])} error(s)):", *(f"- {s}" for s in result["failures"])]
+    return "\n".join(lines)
+
+
+def raise_for_failures(result: dict[str, Any]) -> dict[str, Any]:
+    """Pass the result through, or raise when an error-severity rule failed.
+
+    Raises:
+        QualityError: `summary(result)`, e.g. "- [nulls] column `distance`: 3.2% NULL (...), at most 0.1% allowed".
+    """
+    if not result["passed"]:
+        raise QualityError(summary(result))
+    return result
 
 
 def check_quality(spec: PipelineSpec, snapshot: Path) -> dict[str, Any]:
-    """Check the contract and raise when any error-severity rule fails.
+    """Check a snapshot against the spec's contract; raise when an error-severity rule fails.
 
     Raises:
-        QualityError: one sentence per failed rule, e.g. "column `distance`: 3.2% NULL, ...".
+        QualityError: one sentence per failed error rule, each naming the rule and the column.
+        ContractError: the contract itself is invalid.
     """
-    result = evaluate_contract(spec, snapshot)
-    if not result["passed"]:
-        raise QualityError("data contract failed: " + "; ".join(result["failures"]))
-    return result
+    return raise_for_failures(evaluate_contract(spec, snapshot))
+
+
+def _cell(value: Any, width: int) -> str:
+    text = "-" if value is None else str(value)
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
+def format_table(result: dict[str, Any]) -> str:
+    """A headline, the failure and warning sentences, then every rule as a fixed-width table."""
+    status = "PASSED" if result["passed"] else "FAILED"
+    lines = [f"data contract {Path(result['contract']['path']).name} on {Path(result['snapshot']).name}: "
+             f"{result['rows']:,} rows, {status} ({len(result['failures'])} error(s), "
+             f"{len(result['warnings'])} warning(s))"]
+    for title, sentences in (("errors", result["failures"]), ("warnings", result["warnings"])):
+        if sentences:
+            lines += [f"{title}:", *(f"  {s}" for s in sentences)]
+    widths = (6, 5, 18, 20, 44, 40)
+    rows = [("result", "sev", "rule", "column", "observed", "expected")]
+    for r in result["rules"]:
+        verdict = "ok" if r["passed"] else ("FAIL" if r["severity"] == "error" else "WARN")
+        rows.append((verdict, r["severity"], r["rule"], r["column"], r["observed"], r["expected"]))
+    lines += ["  ".join(_cell(v, w).ljust(w) for v, w in zip(row, widths, strict=True)).rstrip() for row in rows]
+    return "\n".join(lines)
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m tasks.quality", description=__doc__.splitlines()[0])
+    commands = parser.add_subparsers(dest="command", required=True)
+    check = commands.add_parser("check", help="check a snapshot; exit 1 when an error rule fails")
+    check.add_argument("--contract", type=Path, help="contract YAML (default: the pipeline spec's)")
+    infer = commands.add_parser("infer", help="draft a contract from a known-good snapshot")
+    infer.add_argument("--out", type=Path, required=True, help="where to write the draft contract")
+    for sub in (check, infer):
+        sub.add_argument("--snapshot", required=True, help="snapshot folder (or fsspec URL)")
+        sub.add_argument("--spec", type=Path, help="pipeline spec (default: PIPELINE_CONFIG or config/flights.yaml)")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Exit 0 when the snapshot passes (or a draft was written), 1 on an error rule, 2 on bad input."""
+    args = _parser().parse_args(argv)
+    snapshot = as_path(args.snapshot)
+    try:
+        if args.command == "infer":
+            write_draft(load_spec(args.spec), snapshot, args.out)
+            print(f"draft contract written to {args.out}: review it, then point the spec's `contract:` at it")
+            return 0
+        if args.contract is not None:
+            result = evaluate(load_contract(args.contract), args.contract, snapshot)
+        else:
+            result = evaluate_contract(load_spec(args.spec), snapshot)
+    except (ContractError, SpecError, FileNotFoundError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(format_table(result))
+    return 0 if result["passed"] else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

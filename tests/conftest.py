@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import shutil
+import subprocess
+import sys
 import tempfile
 from collections.abc import Iterator
 from datetime import datetime
@@ -47,6 +49,17 @@ def sqlite_url(state_dir: Path) -> str:
     seed.seed_database(url, months={6, 7})
     seed.write_landing_files(settings.state_dir())
     return url
+
+
+@pytest.fixture(scope="session")
+def dag(sqlite_url: str):  # noqa: ANN201 - an airflow DAG; airflow is imported only here
+    """train_and_deploy as Airflow parses it, over a migrated metadata database (dag.test needs one)."""
+    bin_dir = Path(sys.executable).parent
+    subprocess.run([str(bin_dir / "airflow"), "db", "migrate"], check=True, capture_output=True,
+                   env={**os.environ, "PYTHONPATH": str(REPO)})
+    from airflow.dag_processing.dagbag import DagBag
+
+    return DagBag(dag_folder=str(REPO / "dags")).dags["train_and_deploy"]
 
 
 @pytest.fixture(scope="session")

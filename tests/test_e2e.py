@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -20,16 +21,6 @@ def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
-
-
-@pytest.fixture(scope="module")
-def dag(sqlite_url):
-    bin_dir = Path(sys.executable).parent
-    subprocess.run([str(bin_dir / "airflow"), "db", "migrate"], check=True, capture_output=True,
-                   env={**os.environ, "PYTHONPATH": str(REPO)})
-    from airflow.dag_processing.dagbag import DagBag
-
-    return DagBag(dag_folder=str(REPO / "dags")).dags["train_and_deploy"]
 
 
 def _run(dag, day: datetime, conf: dict) -> dict[str, str]:
@@ -78,6 +69,7 @@ def test_pipeline_promotes_fails_closed_and_serves_the_champion(dag, spec, state
     # A candidate that fails a gate rule stops the run at `gate`: nothing is promoted.
     strict = (REPO / "config" / "flights.yaml").read_text().replace("min_roc_auc: 0.6", "min_roc_auc: 0.99")
     (tmp_path / "strict.yaml").write_text(strict)
+    shutil.copy(REPO / "config" / "flights.contract.yaml", tmp_path)  # the spec names it relative to itself
     monkeypatch.setenv("PIPELINE_CONFIG", str(tmp_path / "strict.yaml"))
     rejected = _run(dag, datetime(2013, 7, 6), conf)
     monkeypatch.delenv("PIPELINE_CONFIG")

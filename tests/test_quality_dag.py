@@ -1,0 +1,55 @@
+"""Through Airflow: a snapshot that breaks the contract stops the run at check_quality, fails closed."""
+
+from __future__ import annotations
+
+import json
+import re
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+pytestmark = pytest.mark.slow
+
+
+def test_stale_data_stops_the_run_at_check_quality_and_the_champion_stays(dag, spec, capfd):
+    from mlflow import MlflowClient
+
+    from tasks import registry, tracking
+    from tasks.quality_report import RESULT_FILE
+    from tasks.report import report_dir
+
+    experiment = tracking.use_experiment(spec.name)
+    champion = registry.champion_version(spec.registered_model)
+    versions = len(MlflowClient().search_model_versions(f"name='{spec.registered_model}'"))
+
+    # given a database with June and July only, when a run asks for the week ending 4 August
+    run = dag.test(logical_date=datetime(2013, 8, 4, tzinfo=UTC),
+                   run_conf={"window_end": "2013-08-04", "window_days": 7})
+
+    # then it stops at check_quality and nothing downstream runs
+    states = {ti.task_id: str(ti.state) for ti in run.get_task_instances()}
+    assert str(run.state) == "failed", states
+    assert states.pop("extract") == "success" and states.pop("check_quality") == "failed", states
+    assert set(states.values()) == {"upstream_failed"}, states
+    # the task log shows the table, and the task fails with the summary as its message
+    log = capfd.readouterr().out
+    assert re.search(r"FAIL\s+error\s+freshness\s+scheduled_departure\s+newest 2013-07-31", log)
+    assert "AirflowFailException: data contract flights.contract.yaml failed on 20130728T0000_20130804T0000" in log
+    assert "\n- [freshness] column `scheduled_departure`: newest event 2013-07-31" in log
+    # the result document is in the run's report folder, with freshness as the reason
+    result = json.loads((report_dir(spec, run.run_id) / RESULT_FILE).read_text())
+    assert not result["passed"]
+    assert any(re.match(r"\[freshness\] column `scheduled_departure`: newest event 2013-07-31 .* h before the "
+                        r"window end 2013-08-04 00:00, at most 24 h allowed", f) for f in result["failures"])
+    # and on a FAILED MLflow run people can find by tag
+    runs = MlflowClient().search_runs([experiment], f"tags.`airflow.dag_run_id` = '{run.run_id}'")
+    assert [r.info.status for r in runs] == ["FAILED"]
+    assert "freshness" in runs[0].data.tags["quality.failed_rules"].split(",")
+    assert runs[0].data.tags["quality.passed"] == "false"
+    logged = MlflowClient().download_artifacts(runs[0].info.run_id, "quality/result.json")
+    assert json.loads(Path(logged).read_text()) == result
+    # no model was trained or registered; the champion (what serving follows) is unchanged
+    assert registry.champion_version(spec.registered_model) == champion
+    assert len(MlflowClient().search_model_versions(f"name='{spec.registered_model}'")) == versions
