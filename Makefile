@@ -31,6 +31,7 @@ export AIRFLOW__API__PORT := $(AIRFLOW_PORT)
 export AIRFLOW__CORE__EXECUTION_API_SERVER_URL := http://127.0.0.1:$(AIRFLOW_PORT)/execution/
 # Keep the default queue for the train task where no GPU worker runs (LocalExecutor).
 export TRAIN_QUEUE ?= default
+export TRAIN_POOL ?= gpu
 
 RUN := $(STATE_DIR)/run
 MLFLOW_SERVER := $(BIN)/mlflow server --host 127.0.0.1 --port $(MLFLOW_PORT) --workers 1 \
@@ -46,13 +47,14 @@ DATE ?= 2013-06-30
 CONF ?= {}
 DEMO_DATES ?= 2013-06-30 2013-07-30
 
-.PHONY: help venv demo up down test test-fast bench bench-extract lint seed dags-test airflow serve clean
+.PHONY: help venv demo up down test test-fast bench bench-extract bench-train lint seed dags-test airflow serve clean
 
 help:
 	@echo "make demo    run the pipeline twice on the demo data, serve the champion, ask it for a prediction"
 	@echo "make up      Airflow UI :$(AIRFLOW_PORT), MLflow UI :$(MLFLOW_PORT), serving :$(SERVING_PORT); make down stops them"
 	@echo "make test    the whole test suite          make bench   benchmarks (ratios against baselines)"
 	@echo "make bench-extract   PostgreSQL extraction benchmark: ours vs pandas vs the COPY ceiling"
+	@echo "make bench-train     training epoch: real input pipeline vs tensors preloaded (CUDA too when present)"
 	@echo "make seed | dags-test DAG=.. DATE=.. | airflow CMD='..' | serve | lint"
 
 venv: $(STAMP)
@@ -65,6 +67,12 @@ $(STAMP): requirements.txt
 $(AIRFLOW_HOME)/.migrated: $(STAMP)
 	@mkdir -p $(AIRFLOW_HOME)
 	$(BIN)/airflow db migrate > $(AIRFLOW_HOME)/migrate.log 2>&1 || (tail -20 $(AIRFLOW_HOME)/migrate.log; exit 1)
+	@touch $@
+
+# The scheduler never schedules a task whose pool does not exist: the train task's pool, one slot per GPU.
+$(AIRFLOW_HOME)/.pool-$(TRAIN_POOL): $(AIRFLOW_HOME)/.migrated
+	$(BIN)/airflow pools set $(TRAIN_POOL) 1 "Training jobs: one per GPU" > $(AIRFLOW_HOME)/pool.log 2>&1 \
+	  || (cat $(AIRFLOW_HOME)/pool.log; exit 1)
 	@touch $@
 
 seed: venv
@@ -86,7 +94,7 @@ demo: venv seed $(AIRFLOW_HOME)/.migrated
 	done
 	$(BIN)/python examples/serve_and_predict.py
 
-up: venv seed $(AIRFLOW_HOME)/.migrated
+up: venv seed $(AIRFLOW_HOME)/.pool-$(TRAIN_POOL)
 	$(call start,airflow,$(BIN)/airflow standalone)
 	$(call start,mlflow,$(MLFLOW_SERVER))
 	$(call start,serving,$(BIN)/python -m serving)
@@ -114,6 +122,9 @@ bench: venv
 
 bench-extract: venv
 	$(BIN)/python -m bench.extract
+
+bench-train: venv
+	$(BIN)/python -m bench.train
 
 lint: venv
 	$(BIN)/ruff check dags plugins tasks serving tests bench examples

@@ -94,8 +94,9 @@ def measure(snapshot: Path, device: torch.device, batch_size: int) -> dict[str, 
             "loader_ratio": best["real"] / best["preloaded"], "rows_per_s": rows / best["real"]}
 
 
-def fit_and_check(snapshot: Path, device: torch.device) -> None:
-    """The pipeline's own `fit` on `device`, then the exported ONNX against torch on the holdout."""
+def fit_and_check(snapshot: Path, device: torch.device, baseline: bool = False) -> None:
+    """The pipeline's own `fit` on `device`, then the exported ONNX against torch on the holdout
+    (and, with `baseline`, the logistic-regression baseline on the same holdout)."""
     import logging
     import tempfile
 
@@ -120,9 +121,17 @@ def fit_and_check(snapshot: Path, device: torch.device) -> None:
         export_onnx(net, Path(tmp) / "model.onnx", {"device": device.type})
         onnx = OnnxModel.from_file(Path(tmp) / "model.onnx", spec.registered_model, "bench")
         onnx_probs = onnx.predict_columns(columns)
-    metrics = classification_metrics(splits.holdout[LABEL].to_numpy(), onnx_probs)
+    labels = splits.holdout[LABEL].to_numpy()
+    metrics = classification_metrics(labels, onnx_probs)
     print(f"fit on {device}: {len(history)} epochs in {seconds:.1f} s; holdout ROC AUC {metrics['roc_auc']:.4f}; "
           f"ONNX vs torch max |diff| {float(np.max(np.abs(onnx_probs - torch_probs))):.2e}")
+    if baseline:
+        from tasks.baseline import baseline_probs, fit_baseline
+
+        base = classification_metrics(labels, baseline_probs(fit_baseline(spec, splits.train), spec, splits.holdout))
+        print(f"logistic-regression baseline, same holdout: ROC AUC {base['roc_auc']:.4f}, "
+              f"PR AUC {base['pr_auc']:.4f}, log loss {base['log_loss']:.4f}; network: PR AUC {metrics['pr_auc']:.4f}, "
+              f"log loss {metrics['log_loss']:.4f}")
 
 
 def _devices(requested: str) -> Iterable[torch.device]:
@@ -138,10 +147,11 @@ def main() -> None:
     parser.add_argument("--device", default="auto", help="auto (CUDA when present), cpu or cuda")
     parser.add_argument("--batch-size", type=int, action="append", help="repeatable (default: the spec's)")
     parser.add_argument("--fit", action="store_true", help="also run the pipeline's fit + ONNX parity there")
+    parser.add_argument("--baseline", action="store_true", help="with --fit: the logistic-regression baseline too")
     args = parser.parse_args()
     snapshot = args.snapshot or year_snapshot()
     if args.fit:
-        fit_and_check(snapshot, pick_device(args.device))
+        fit_and_check(snapshot, pick_device(args.device), args.baseline)
     sizes = args.batch_size or [load_spec().training.batch_size]
     torch.set_num_threads(os.cpu_count() or 1)
     gpu = torch.cuda.get_device_name() if torch.cuda.is_available() else "none"

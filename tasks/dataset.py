@@ -7,6 +7,8 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
 
 from tasks.config import PipelineSpec
 from tasks.snapshot import read_snapshot
@@ -24,12 +26,23 @@ class Splits:
 
 
 def load_frame(spec: PipelineSpec, snapshot: Path) -> pd.DataFrame:
-    """Features, event time and the binary label; cancelled flights (no target) are dropped."""
-    columns = [spec.key, spec.event_time, spec.target.column, *spec.features.all]
-    frame = read_snapshot(snapshot, columns).to_pandas()
-    frame = frame[frame[spec.target.column].notna()]
-    frame[LABEL] = (frame[spec.target.column] >= spec.target.threshold).astype(np.float32)
-    return frame.sort_values([spec.event_time, spec.key], kind="stable").reset_index(drop=True)
+    """Features, event time and the binary label, in time order; cancelled flights (no target) dropped.
+
+    Only the needed columns are read; the filter and the sort happen in Arrow, and the conversion
+    frees each Arrow column as it goes, so the rows are never held twice over.
+    """
+    columns = list(dict.fromkeys([spec.key, spec.event_time, spec.target.column, *spec.features.all]))
+    table = read_snapshot(snapshot, columns)
+    target = table.column(spec.target.column)
+    known = pc.is_valid(target)
+    if pa.types.is_floating(target.type):
+        known = pc.and_kleene(known, pc.invert(pc.is_nan(target)))
+    table = table.filter(known)
+    order = pc.sort_indices(table, [(spec.event_time, "ascending"), (spec.key, "ascending")])
+    table = table.take(order)
+    label = pc.cast(pc.greater_equal(table.column(spec.target.column), spec.target.threshold), pa.float32())
+    table = table.append_column(LABEL, label)
+    return table.to_pandas(self_destruct=True, split_blocks=True)
 
 
 def split_by_time(spec: PipelineSpec, frame: pd.DataFrame) -> Splits:

@@ -30,7 +30,8 @@ def pick_device(requested: str = "auto") -> torch.device:
 def tensors(cfg: ModelConfig, spec: PipelineSpec, frame: Any) -> tuple[torch.Tensor, ...]:
     """(numeric float32, codes int64, labels float32) on the CPU, encoded as the model expects."""
     numeric, codes = encode(cfg, feature_columns(spec, frame))
-    labels = frame[LABEL].to_numpy(dtype=np.float32)
+    # A copy: the frame's column may be a read-only view of Arrow memory.
+    labels = np.array(frame[LABEL].to_numpy(dtype=np.float32), copy=True)
     return torch.from_numpy(numeric), torch.from_numpy(codes), torch.from_numpy(labels)
 
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import shutil
+import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -41,3 +43,21 @@ def config_hash(payload: dict[str, Any]) -> str:
 
 def file_sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def code_version() -> str:
+    """The git commit of the code that ran (`+dirty` with uncommitted changes); outside a git checkout
+    (an image, a wheel), a hash of the pipeline's own sources."""
+    root = settings.REPO_ROOT
+    git = shutil.which("git")
+    if git and (root / ".git").exists():
+        def run(*args: str) -> str:
+            return subprocess.run([git, *args], cwd=root, capture_output=True, text=True, check=False).stdout.strip()
+        commit = run("rev-parse", "HEAD")
+        if commit:
+            dirty = run("status", "--porcelain", "--untracked-files=no", "--", "tasks", "dags", "serving", "config")
+            return commit + ("+dirty" if dirty else "")
+    digest = hashlib.sha256()
+    for path in sorted((root / "tasks").glob("*.py")):
+        digest.update(path.read_bytes())
+    return f"src-{digest.hexdigest()[:12]}"
