@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 from datetime import timedelta
-from typing import Any
+from typing import Any, NoReturn
 
 from airflow.sdk import Param, dag, get_current_context, task
 from airflow.timetables.trigger import CronTriggerTimetable
@@ -47,7 +47,7 @@ def _window(params: dict[str, Any], spec: Any) -> Any:
     return Window(end - timedelta(days=days), end)
 
 
-def _fail(exc: Exception) -> None:
+def _fail(exc: Exception) -> NoReturn:
     from airflow.sdk.exceptions import AirflowFailException
 
     # Deterministic failures (bad data, rejected candidate): no retry would change the answer.
@@ -70,6 +70,19 @@ def _fail(exc: Exception) -> None:
         "learning_rate": Param(None, type=["null", "number"], exclusiveMinimum=0, maximum=1,
                                title="Learning rate"),
         "batch_size": Param(None, type=["null", "integer"], minimum=16, maximum=65536, title="Batch size"),
+        # One object, so the form itself refuses an override without a justification (JSON schema if/then).
+        "gate": Param(
+            {"mode": "enforce", "justification": None}, type="object", title="Promotion gate",
+            description='mode: "enforce" (promote only on pass), "dry_run" (evaluate and record, never '
+                        'promote) or "override" (promote despite failed rules; needs "justification", '
+                        "10+ characters, recorded with your user name).",
+            properties={"mode": {"type": "string", "enum": ["enforce", "dry_run", "override"]},
+                        "justification": {"type": ["null", "string"]}},
+            required=["mode"], additionalProperties=False,
+            **{"if": {"properties": {"mode": {"const": "override"}}},
+               "then": {"properties": {"justification": {"type": "string", "minLength": 10, "pattern": r"\S"}},
+                        "required": ["justification"]}},
+        ),
     },
 )
 def train_and_deploy() -> None:
@@ -147,39 +160,46 @@ def train_and_deploy() -> None:
         run_id = get_current_context()["run_id"]
         return write_run_report(_spec(), snapshot, candidate["run_id"], candidate["model_version"], run_id)
 
-    @task(doc_md="Apply the promotion rules; the champion is re-scored on the same holdout.")
-    def gate(snapshot: str, quality: dict[str, Any], candidate: dict[str, Any],
-             evaluation: dict[str, Any]) -> dict[str, Any]:
+    @task(doc_md="Apply the spec's promotion rules (champion re-scored on the same holdout, slices, the "
+                 "artifact loaded by the serving code) in the chosen mode; the verdict table is in the log.")
+    def gate(snapshot: str, quality: dict[str, Any], candidate: dict[str, Any], evaluation: dict[str, Any],
+             report: str) -> dict[str, Any]:
         from tasks.config import as_path
         from tasks.gate import GateRejected, decide_promotion
 
+        context = get_current_context()
+        choice = context["params"].get("gate") or {"mode": "enforce"}
         try:
-            return decide_promotion(_spec(), as_path(snapshot), candidate["run_id"],
-                                    candidate["model_version"], evaluation, quality)
+            return decide_promotion(_spec(), as_path(snapshot), candidate["run_id"], candidate["model_version"],
+                                    evaluation, quality, mode=choice["mode"],
+                                    justification=choice.get("justification"),
+                                    user=context["dag_run"].triggering_user_name, dag_run_id=context["run_id"],
+                                    drift_dir=report)
         except GateRejected as exc:
             _fail(exc)
             raise
 
     @task(retries=2, retry_delay=timedelta(seconds=20),
-          doc_md="Move the registry alias `champion` to the candidate; serving follows it.")
+          doc_md="Move the registry alias `champion` to the candidate (serving follows it) and log the move.")
     def promote(verdict: dict[str, Any]) -> dict[str, Any]:
         from airflow.sdk.exceptions import AirflowSkipException
 
-        from tasks import registry, tracking
+        from tasks import tracking
+        from tasks.promotion import promote_verdict
 
         if not verdict["promote"]:
             raise AirflowSkipException(f"nothing to promote: {verdict['reason']}")
         spec = _spec()
         tracking.use_experiment(spec.name)
-        return registry.promote(spec.registered_model, verdict["candidate"])
+        return promote_verdict(spec, verdict, get_current_context()["run_id"])
 
     snapshot = extract()
     quality = check_quality(snapshot)
     candidate = train(snapshot, quality)
     evaluation = evaluate(snapshot, candidate)
     report = drift_report(snapshot, candidate)
-    verdict = gate(snapshot, quality, candidate, evaluation)
-    evaluation >> report >> verdict
+    evaluation >> report  # one heavy task at a time on small workers
+    verdict = gate(snapshot, quality, candidate, evaluation, report)
     promote(verdict)
 
 

@@ -80,9 +80,50 @@ class Drift(_Strict):
     max_rows: int = Field(ge=100)
 
 
+# Metrics where less is better; every other metric is better when higher.
+LOWER_IS_BETTER = frozenset({"log_loss", "brier"})
+GATE_METRICS = ("roc_auc", "pr_auc", "log_loss", "brier", "accuracy", "precision", "recall", "f1")
+GateMetric = Literal["roc_auc", "pr_auc", "log_loss", "brier", "accuracy", "precision", "recall", "f1"]
+
+
+class ChampionRule(_Strict):
+    """The candidate against the champion re-scored on the same holdout; one of the three bounds."""
+
+    metric: GateMetric = "roc_auc"
+    max_degradation: float | None = Field(None, ge=0, description="may be worse by at most this (absolute)")
+    min_improvement: float | None = Field(None, description="must be better by at least this (absolute)")
+    min_relative_improvement: float | None = Field(None, description="must be better by this share of the champion")
+
+    @model_validator(mode="after")
+    def _one_bound(self) -> ChampionRule:
+        bounds = [b for b in (self.max_degradation, self.min_improvement, self.min_relative_improvement)
+                  if b is not None]
+        if len(bounds) != 1:
+            raise ValueError("set exactly one of max_degradation, min_improvement, min_relative_improvement")
+        return self
+
+
+class SliceRule(_Strict):
+    """No slice value with at least `min_rows` holdout rows may drop more than `max_drop` against the champion."""
+
+    metric: GateMetric = "roc_auc"
+    min_rows: int = Field(200, ge=1)
+    max_drop: float = Field(ge=0)
+
+
+class DriftRule(_Strict):
+    """Refuse when more than this share of features drifted and the candidate did not train on that data."""
+
+    max_drifted_share: float = Field(ge=0, le=1)
+
+
 class Gate(_Strict):
-    min_roc_auc: float = Field(ge=0, le=1)
-    max_degradation: float = Field(ge=0)
+    min: dict[GateMetric, float] = Field(default={}, description="candidate metric >= value")
+    max: dict[GateMetric, float] = Field(default={}, description="candidate metric <= value")
+    champion: ChampionRule | None = None
+    slices: SliceRule | None = None
+    live_check_rows: int = Field(200, ge=1, description="holdout rows the serving code must answer identically")
+    drift: DriftRule | None = None
 
 
 # Derived from the event time when the snapshot has no column of that name.
@@ -148,6 +189,10 @@ class PipelineSpec(_Strict):
     @property
     def reports_root_path(self) -> Path:
         return Path(expand(self.reports_root))
+
+    def report_dir(self, dag_run_id: str) -> Path:
+        """A DAG run's folder in the reports store; the run id is reduced to a safe file name."""
+        return self.reports_root_path / re.sub(r"[^A-Za-z0-9_.-]+", "_", dag_run_id)
 
     @property
     def contract_path(self) -> Path:

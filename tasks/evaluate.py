@@ -31,11 +31,15 @@ class ParityError(RuntimeError):
     """The ONNX export disagrees with the torch model: serving would not answer what was trained."""
 
 
+def download_onnx(spec: PipelineSpec, version: str, into: Path) -> Path:
+    """The registered ONNX file of `version`, downloaded from the registry into `into`."""
+    uri = tracking.client().get_model_version_download_uri(spec.registered_model, version)
+    return Path(mlflow.artifacts.download_artifacts(artifact_uri=f"{uri}/{ONNX_FILE}", dst_path=str(into)))
+
+
 def download_model(spec: PipelineSpec, version: str, into: Path) -> OnnxModel:
     """The registered ONNX artifact of `version`, loaded by the serving code itself."""
-    uri = tracking.client().get_model_version_download_uri(spec.registered_model, version)
-    local = Path(mlflow.artifacts.download_artifacts(artifact_uri=f"{uri}/{ONNX_FILE}", dst_path=str(into)))
-    return OnnxModel.from_file(local, spec.registered_model, version)
+    return OnnxModel.from_file(download_onnx(spec, version, into), spec.registered_model, version)
 
 
 def holdout_columns(spec: PipelineSpec, snapshot: Path) -> tuple[dict[str, np.ndarray], np.ndarray]:

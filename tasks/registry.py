@@ -14,14 +14,19 @@ PREVIOUS = "previous"
 CHALLENGER = "challenger"
 
 
-def champion_version(model: str) -> str | None:
-    """The version behind alias `champion`, or None when there is none yet."""
+def alias_version(model: str, alias: str) -> str | None:
+    """The version behind `alias`, or None when the alias (or the model) does not exist."""
     try:
-        return str(tracking.client().get_model_version_by_alias(model, CHAMPION).version)
+        return str(tracking.client().get_model_version_by_alias(model, alias).version)
     except MlflowException as exc:
         if exc.error_code in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE", "NOT_FOUND"):
             return None
         raise
+
+
+def champion_version(model: str) -> str | None:
+    """The version behind alias `champion`, or None when there is none yet."""
+    return alias_version(model, CHAMPION)
 
 
 def version_tags(model: str, version: str) -> dict[str, str]:
@@ -37,6 +42,7 @@ def promote(model: str, version: str) -> dict[str, str | None]:
         return {"champion": version, "previous": None, "changed": "no"}
     if current is not None:
         client.set_registered_model_alias(model, PREVIOUS, current)
+    # Last and alone: this one call changes what the serving container follows.
     client.set_registered_model_alias(model, CHAMPION, version)
     log.info("promoted %s version %s to champion (previous: %s)", model, version, current)
     return {"champion": version, "previous": current, "changed": "yes"}

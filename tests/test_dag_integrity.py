@@ -30,3 +30,20 @@ def test_train_and_deploy_wiring(dagbag):
     assert dag.doc_md and dag.tags and dag.max_active_runs == 1
     assert dag.get_task("extract").retries > 0
     assert dag.get_task("gate").retries == 0
+
+
+def test_rollback_model_is_a_manual_dag_that_needs_a_justification(dagbag):
+    import copy
+
+    from airflow.sdk.exceptions import ParamValidationError
+
+    dag = dagbag.dags["rollback_model"]
+    assert type(dag.timetable).__name__ == "NullTimetable"  # manual trigger only
+    assert list(dag.task_ids) == ["check_target", "move_champion"]
+    params = copy.deepcopy(dag.params)
+    with pytest.raises(ParamValidationError, match="justification"):
+        params.validate()  # the default (empty) justification is refused
+    params.update({"justification": "INC-1: the new model is broken", "target_version": "3"})
+    assert params.validate()["target_version"] == "3"
+    with pytest.raises(ParamValidationError, match="target_version"):
+        copy.deepcopy(dag.params).update({"target_version": "../x"})

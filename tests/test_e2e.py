@@ -59,6 +59,10 @@ def test_pipeline_promotes_fails_closed_and_serves_the_champion(dag, spec, state
     tracking.use_experiment(spec.name)
     champion = registry.champion_version(spec.registered_model)
     assert champion == "1"
+    from tasks.promotion import read_log
+
+    [entry] = read_log(spec)  # the promotion is on the record
+    assert [entry[k] for k in ("kind", "from_version", "to_version", "mode")] == ["promote", None, "1", "enforce"]
 
     # Rerunning an unchanged window registers nothing new; promotion has nothing to do.
     again = _run(dag, datetime(2013, 6, 22), conf)
@@ -67,7 +71,7 @@ def test_pipeline_promotes_fails_closed_and_serves_the_champion(dag, spec, state
     assert len(MlflowClient().search_model_versions(f"name='{spec.registered_model}'")) == 1
 
     # A candidate that fails a gate rule stops the run at `gate`: nothing is promoted.
-    strict = (REPO / "config" / "flights.yaml").read_text().replace("min_roc_auc: 0.6", "min_roc_auc: 0.99")
+    strict = (REPO / "config" / "flights.yaml").read_text().replace("min: {roc_auc: 0.6}", "min: {roc_auc: 0.99}")
     (tmp_path / "strict.yaml").write_text(strict)
     shutil.copy(REPO / "config" / "flights.contract.yaml", tmp_path)  # the spec names it relative to itself
     monkeypatch.setenv("PIPELINE_CONFIG", str(tmp_path / "strict.yaml"))
