@@ -9,6 +9,8 @@ from typing import Any, NoReturn
 
 from airflow.sdk import Param, dag, get_current_context, task
 
+from dags.notifications import RunFailureNotifier
+
 DOC = """
 ### Roll the served model back
 Trigger with the **target version** (default `previous`: the champion before the last promotion) and a
@@ -30,7 +32,8 @@ def _fail(exc: Exception) -> NoReturn:
     max_active_runs=1,
     doc_md=DOC,
     tags=["mlops", "flights", "on-call"],
-    default_args={"owner": "mlops", "retries": 0},
+    # Every failed task leaves one summary line (task, reason, log link) and, when configured, a mail.
+    default_args={"owner": "mlops", "retries": 0, "on_failure_callback": [RunFailureNotifier()]},
     params={
         "target_version": Param("previous", type="string", pattern=r"^(previous|[0-9]+)$", title="Target version",
                                 description="`previous` or a version number of the registered model."),

@@ -13,6 +13,8 @@ from typing import Any, NoReturn
 from airflow.sdk import Param, dag, get_current_context, task
 from airflow.timetables.trigger import CronTriggerTimetable
 
+from dags.notifications import RunFailureNotifier
+
 DOC = """
 ### Train and deploy the flight-delay model
 Every night (or when you click **Trigger**) this run takes the training window that ends at the
@@ -43,6 +45,11 @@ def _window(params: dict[str, Any], spec: Any) -> Any:
         end_at = run.data_interval_end or run.run_after
         # Source timestamps are naive local times; the interval end is compared as a wall clock.
         end = end_at.replace(tzinfo=None)
+    if params.get("window_start"):
+        start = datetime.fromisoformat(params["window_start"])
+        if start >= end:
+            _fail(ValueError(f"window_start {start:%Y-%m-%d} is not before the window end {end:%Y-%m-%d}"))
+        return Window(start, end)
     days = params.get("window_days") or spec.window_days
     return Window(end - timedelta(days=days), end)
 
@@ -60,10 +67,14 @@ def _fail(exc: Exception) -> NoReturn:
     max_active_runs=1,
     doc_md=DOC,
     tags=["mlops", "flights"],
-    default_args={"owner": "mlops", "retries": 0},
+    # Every failed task leaves one summary line (task, reason, log link) and, when configured, a mail.
+    default_args={"owner": "mlops", "retries": 0, "on_failure_callback": [RunFailureNotifier()]},
     params={
         "window_end": Param(None, type=["null", "string"], format="date", title="Window end",
                             description="Last day (exclusive) of the training window; empty = the run's date."),
+        "window_start": Param(None, type=["null", "string"], format="date", title="Window start",
+                              description="First day of the training window; empty = window end minus the window "
+                                          "length."),
         "window_days": Param(None, type=["null", "integer"], minimum=1, maximum=366, title="Window length (days)",
                              description="Days of flights to train on; empty = the pipeline spec's value."),
         "epochs": Param(None, type=["null", "integer"], minimum=1, maximum=200, title="Epochs"),
@@ -179,7 +190,7 @@ def train_and_deploy() -> None:
             _fail(exc)
             raise
 
-    @task(retries=2, retry_delay=timedelta(seconds=20),
+    @task(retries=2, retry_delay=timedelta(seconds=20), retry_exponential_backoff=2.0,
           doc_md="Move the registry alias `champion` to the candidate (serving follows it) and log the move.")
     def promote(verdict: dict[str, Any]) -> dict[str, Any]:
         from airflow.sdk.exceptions import AirflowSkipException

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import re
+import socketserver
+import threading
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -13,7 +15,47 @@ REPO = Path(__file__).resolve().parent.parent
 pytestmark = pytest.mark.slow
 
 
-def test_stale_data_stops_the_run_at_check_quality_and_the_champion_stays(dag, spec, capfd):
+class _SmtpSink(socketserver.StreamRequestHandler):
+    """A real SMTP conversation that keeps each message it is sent (the on-call inbox)."""
+
+    def handle(self) -> None:
+        self.wfile.write(b"220 sink\r\n")
+        lines: list[str] | None = None
+        for raw in self.rfile:
+            line = raw.decode().rstrip("\r\n")
+            if lines is not None:  # inside DATA
+                if line == ".":
+                    self.server.messages.append("\n".join(lines))  # type: ignore[attr-defined]
+                    lines = None
+                    self.wfile.write(b"250 queued\r\n")
+                else:
+                    lines.append(line)
+                continue
+            verb = line[:4].upper()
+            if verb == "DATA":
+                lines = []
+                self.wfile.write(b"354 end with .\r\n")
+            elif verb == "QUIT":
+                self.wfile.write(b"221 bye\r\n")
+                return
+            else:
+                self.wfile.write(b"250 ok\r\n")
+
+
+@pytest.fixture()
+def inbox(monkeypatch):
+    server = socketserver.ThreadingTCPServer(("127.0.0.1", 0), _SmtpSink)
+    server.messages = []  # type: ignore[attr-defined]
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    port = server.server_address[1]
+    monkeypatch.setenv("AIRFLOW_CONN_ALERTS_SMTP", f"smtp://127.0.0.1:{port}?disable_tls=true&disable_ssl=true")
+    monkeypatch.setenv("ALERT_SMTP_CONN_ID", "alerts_smtp")
+    monkeypatch.setenv("ALERT_EMAIL_TO", "oncall@example.com")
+    yield server.messages  # type: ignore[attr-defined]
+    server.shutdown()
+
+
+def test_stale_data_stops_the_run_at_check_quality_and_the_champion_stays(dag, spec, capfd, inbox):
     from mlflow import MlflowClient
 
     from tasks import registry, tracking
@@ -38,6 +80,12 @@ def test_stale_data_stops_the_run_at_check_quality_and_the_champion_stays(dag, s
     assert re.search(r"FAIL\s+error\s+freshness\s+scheduled_departure\s+newest 2013-07-31", log)
     assert "AirflowFailException: data contract flights.contract.yaml failed on 20130728T0000_20130804T0000" in log
     assert "\n- [freshness] column `scheduled_departure`: newest event 2013-07-31" in log
+    # the failure callback left one summary line with a link to the log, and mailed it to on-call
+    summary = re.search(r"FAILED train_and_deploy\.check_quality \(run [^)]+, try 1\): data contract .* -> http\S+",
+                        log)
+    assert summary, log[-3000:]
+    assert len(inbox) == 1 and "oncall@example.com" in inbox[0]
+    assert "FAILED train_and_deploy.check_quality" in inbox[0]
     # the result document is in the run's report folder, with freshness as the reason
     result = json.loads((report_dir(spec, run.run_id) / RESULT_FILE).read_text())
     assert not result["passed"]
