@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+import os
+import socket
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -74,7 +76,10 @@ def train_model(spec: PipelineSpec, snapshot: Path, quality: dict[str, Any] | No
                          "data.window_start": manifest["window"]["start"],
                          "data.window_end": manifest["window"]["end"],
                          "train.config_hash": chash, "train.device": str(run_device),
-                         "code.version": tracking.code_version(), **(lineage or {})})
+                         "code.version": tracking.code_version(),
+                         # Which worker trained it (WORKER_NAME where a deployment names its workers).
+                         "train.worker": os.environ.get("WORKER_NAME") or socket.gethostname(),
+                         **(lineage or {})})
         given = {f"override.{k}": v for k, v in (overrides or {}).items() if v is not None}
         mlflow.log_params({**training.model_dump(), **given, "registered_model": spec.registered_model,
                            "target": f"{spec.target.column} >= {spec.target.threshold:g}",
