@@ -37,6 +37,24 @@ def _find_existing(experiment_id: str, fingerprint: str, config_hash: str) -> An
     return runs[0] if runs else None
 
 
+def _fail_orphans(experiment_id: str, lineage: dict[str, str], fingerprint: str) -> None:
+    """Mark FAILED the runs a killed attempt of this same task left RUNNING (a SIGKILL ends nothing).
+
+    Only runs of this DAG run (its lineage tags) on this snapshot are touched; without lineage
+    (plain-Python use) nothing is, since another process may be training right now.
+    """
+    if not lineage.get("airflow.run_id"):
+        return
+    filters = [f"tags.`{k}` = '{v}'" for k, v in lineage.items()] + [
+        f"tags.`data.fingerprint` = '{fingerprint}'", "attributes.status = 'RUNNING'"]
+    for orphan in mlflow.search_runs([experiment_id], " and ".join(filters), output_format="list"):
+        log.warning("marking run %s FAILED: an earlier attempt of this task died while training",
+                    orphan.info.run_id)
+        tracking.client().set_tag(orphan.info.run_id, "mlflow.note.content",
+                                  "FAILED by the next attempt: the process training it was killed")
+        tracking.client().set_terminated(orphan.info.run_id, status="FAILED")
+
+
 def train_model(spec: PipelineSpec, snapshot: Path, quality: dict[str, Any] | None = None,
                 overrides: dict[str, Any] | None = None, tracking_uri: str | None = None,
                 device: str = "auto", lineage: dict[str, str] | None = None) -> dict[str, Any]:
@@ -63,6 +81,7 @@ def train_model(spec: PipelineSpec, snapshot: Path, quality: dict[str, Any] | No
     chash = tracking.config_hash({"training": training.model_dump(), "features": spec.features.model_dump(),
                                   "target": spec.target.model_dump()})
     experiment_id = tracking.use_experiment(spec.name, tracking_uri)
+    _fail_orphans(experiment_id, lineage or {}, fingerprint)
     existing = _find_existing(experiment_id, fingerprint, chash)
     if existing is not None:
         log.info("reusing run %s (same data fingerprint and configuration)", existing.info.run_id)
