@@ -23,6 +23,9 @@ def _trigger(api: httpx.Client, dag_id: str, conf: dict) -> httpx.Response:
 @pytest.mark.parametrize(("conf", "named"), [
     ({"window_end": "2013-13-45"}, "window_end"),
     ({"window_start": "yesterday"}, "window_start"),
+    ({"window_end": "2013-06-01'; DROP TABLE flights; --"}, "window_end"),  # injection-shaped: refused, never run
+    ({"window_days": "30; DELETE FROM flights"}, "window_days"),
+    ({"window_days": 10_000}, "window_days"),
     ({"learning_rate": -0.1}, "learning_rate"),
     ({"epochs": 0}, "epochs"),
     ({"gate": {"mode": "override"}}, "justification"),
@@ -45,3 +48,8 @@ def test_good_values_start_a_run(api):
 def test_a_rollback_needs_a_justification(api):
     assert _trigger(api, "rollback_model", {}).status_code == 400
     assert _trigger(api, "rollback_model", {"justification": "INC-5: v9 is broken"}).status_code == 200
+
+
+def test_the_api_refuses_anonymous_callers(api):
+    anonymous = httpx.post(str(api.base_url.join("/api/v2/dags/train_and_deploy/dagRuns")), json={"logical_date": None})
+    assert anonymous.status_code in (401, 403)
