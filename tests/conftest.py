@@ -52,11 +52,17 @@ def sqlite_url(state_dir: Path) -> str:
 
 
 @pytest.fixture(scope="session")
-def dag(sqlite_url: str):  # noqa: ANN201 - an airflow DAG; airflow is imported only here
-    """train_and_deploy as Airflow parses it, over a migrated metadata database (dag.test needs one)."""
+def airflow_db(sqlite_url: str) -> None:
+    """A migrated Airflow metadata database (dag.test needs one), once per session."""
     bin_dir = Path(sys.executable).parent
     subprocess.run([str(bin_dir / "airflow"), "db", "migrate"], check=True, capture_output=True,
                    env={**os.environ, "PYTHONPATH": str(REPO)})
+
+
+@pytest.fixture()
+def dag(airflow_db: None):  # noqa: ANN201 - an airflow DAG; airflow is imported only here
+    """train_and_deploy freshly parsed: dag.test() merges a run's conf into the DAG's params in place,
+    so a DAG object shared between tests would carry one test's conf into the next."""
     from airflow.dag_processing.dagbag import DagBag
 
     return DagBag(dag_folder=str(REPO / "dags")).dags["train_and_deploy"]

@@ -54,8 +54,8 @@ def test_the_champion_comparison_uses_the_rescored_numbers_and_reports_the_delta
 
 def test_a_slice_that_regresses_blocks_even_when_the_average_improves(spec):
     def rows(auc_jfk: float) -> list[dict]:
-        return [{"slice": "origin", "value": "JFK", "rows": 900, "roc_auc": auc_jfk},
-                {"slice": "origin", "value": "EWR", "rows": 900, "roc_auc": 0.70},
+        return [{"slice": "origin", "value": "JFK", "rows": 1500, "roc_auc": auc_jfk},
+                {"slice": "origin", "value": "EWR", "rows": 1500, "roc_auc": 0.70},
                 {"slice": "origin", "value": "LGA", "rows": 50, "roc_auc": 0.20}]  # too small to count
     champion = rows(0.75)
     rules = evaluate_rules(spec, _evaluation(0.80, slices=rows(0.65)), QUALITY_OK, "1", {"roc_auc": 0.72}, champion)
