@@ -49,7 +49,7 @@ DATE ?= 2013-06-30
 CONF ?= {}
 DEMO_DATES ?= 2013-06-30 2013-07-30
 
-.PHONY: help venv demo up down test test-fast bench bench-extract bench-train lint seed dags-test airflow serve clean
+.PHONY: help venv demo up down test test-fast bench bench-extract bench-train bench-serve lint seed dags-test airflow serve clean
 
 help:
 	@echo "make demo    run the pipeline twice on the demo data, serve the champion, ask it for a prediction"
@@ -57,6 +57,7 @@ help:
 	@echo "make test    the whole test suite          make bench   benchmarks (ratios against baselines)"
 	@echo "make bench-extract   PostgreSQL extraction benchmark: ours vs pandas vs the COPY ceiling"
 	@echo "make bench-train     training epoch: real input pipeline vs tensors preloaded (CUDA too when present)"
+	@echo "make bench-serve     model server vs mlflow models serve vs a raw-ASGI hello world (wrk if installed)"
 	@echo "make seed | dags-test DAG=.. DATE=.. | airflow CMD='..' | serve | lint"
 
 venv: $(STAMP)
@@ -127,6 +128,9 @@ bench-extract: venv
 
 bench-train: venv
 	$(BIN)/python -m bench.train
+
+bench-serve: venv
+	$(BIN)/python -m bench.serve
 
 lint: venv
 	$(BIN)/ruff check dags plugins tasks serving tests bench examples

@@ -164,12 +164,15 @@ def train_and_deploy() -> None:
             _fail(exc)
             raise
 
-    @task(doc_md="Write the Evidently drift report: this window against the champion's training data.")
+    @task(doc_md="Write the Evidently drift report (data, candidate's scores, target): this window against the "
+                 "data the champion was trained on. Open it from the run's *Drift report* tab or *Drift reports*.")
     def drift_report(snapshot: str, candidate: dict[str, Any]) -> str:
         from tasks.report import write_run_report
 
-        run_id = get_current_context()["run_id"]
-        return write_run_report(_spec(), snapshot, candidate["run_id"], candidate["model_version"], run_id)
+        context = get_current_context()
+        return write_run_report(_spec(), snapshot, candidate["run_id"], candidate["model_version"],
+                                context["run_id"], dag_id=context["dag"].dag_id,
+                                run_date=context["dag_run"].run_after.isoformat())
 
     @task(doc_md="Apply the spec's promotion rules (champion re-scored on the same holdout, slices, the "
                  "artifact loaded by the serving code) in the chosen mode; the verdict table is in the log.")

@@ -15,7 +15,7 @@ from urllib.parse import quote, urlsplit
 from airflow.configuration import conf
 from airflow.plugins_manager import AirflowPlugin
 from fastapi import Depends, FastAPI, HTTPException, Request
-from fastapi.responses import FileResponse, HTMLResponse
+from fastapi.responses import FileResponse, HTMLResponse, RedirectResponse, Response
 
 # The plugins folder sits at <repo>/plugins; the repo is not necessarily importable from the API
 # server, so the default state dir is derived here instead of importing tasks.settings.
@@ -25,28 +25,55 @@ URL_PREFIX = "/drift-reports"
 # A leading dot is refused too: that excludes '.', '..' and the writer's hidden temp folders.
 REPORT_ID = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9_.-]{0,254}")
 TOP_COLUMNS = 3
+REPORT_HEADERS = {
+    # The report runs Evidently's inline JS on Airflow's origin; the CSP sandbox gives it an opaque
+    # origin, so it cannot call Airflow's API with the user's cookie. It needs no storage or cookies.
+    "Content-Security-Policy": "sandbox allow-scripts allow-popups allow-downloads",
+    "Cache-Control": "no-store",
+}
 
 
 @dataclass(frozen=True)
 class ReportEntry:
-    """One report folder: its id (folder name), summary.json mtime and parsed summary."""
+    """One report folder: its id (folder name), when its run was asked for, and its summary."""
 
     report_id: str
-    mtime: float
+    when: datetime
     summary: dict[str, Any]
 
 
 def reports_root() -> Path:
-    """`$REPORTS_DIR`, else `$STATE_DIR/reports` (the same default as config/flights.yaml)."""
-    if override := os.environ.get("REPORTS_DIR"):
-        return Path(override).resolve()
+    """`$REPORTS_DIR` (a folder or an fsspec URL: s3://, gs://, ...), else `$STATE_DIR/reports`.
+
+    The same store as the spec's `reports_root` (config/flights.yaml defaults to ${STATE_DIR}/reports).
+    """
+    override = os.environ.get("REPORTS_DIR", "")
+    if "://" in override and not override.startswith("file://"):
+        from upath import UPath  # universal_pathlib, installed with the pipeline (fsspec paths)
+
+        return UPath(override)  # type: ignore[return-value]  # pathlib-compatible API
+    if override:
+        return Path(override.removeprefix("file://")).resolve()
     return (Path(os.environ.get("STATE_DIR") or REPO_ROOT / ".state") / "reports").resolve()
+
+
+def _is_local(path: Path) -> bool:
+    return isinstance(path, Path) and not getattr(path, "protocol", "")
+
+
+def report_id_for_run(dag_run_id: str) -> str:
+    """A DAG run id as its report folder's name: the same rule as tasks.report.report_id."""
+    name = re.sub(r"[^A-Za-z0-9_.-]+", "_", dag_run_id)
+    return re.sub(r"^\.", "_", name) or "_"
 
 
 def resolve_report_dir(root: Path, report_id: str) -> Path | None:
     """The report folder for an id, or None unless it is a real folder directly under root."""
     if not REPORT_ID.fullmatch(report_id):
         return None
+    if not _is_local(root):  # object keys: the id has no '/' and no leading dot, so it stays under root
+        folder = root / report_id
+        return folder if folder.is_dir() else None
     root = root.resolve()
     folder = (root / report_id).resolve()
     # Resolving follows symlinks: a link pointing outside the root fails this check.
@@ -58,16 +85,28 @@ def resolve_report_dir(root: Path, report_id: str) -> Path | None:
 def resolve_report_file(root: Path, report_id: str, name: str) -> Path | None:
     """`<root>/<report_id>/<name>` if it is a regular file inside that folder, else None."""
     folder = resolve_report_dir(root, report_id)
-    if folder is None:
+    if folder is None or not REPORT_ID.fullmatch(name):
         return None
+    if not _is_local(root):
+        path = folder / name
+        return path if path.is_file() else None
     path = (folder / name).resolve()
     if path.parent != folder or not path.is_file():
         return None
     return path
 
 
+def _when(summary: dict[str, Any], path: Path) -> datetime:
+    # The run's date as the DAG recorded it; else when the summary was written.
+    try:
+        when = datetime.fromisoformat(str(summary["run_date"]))
+        return when if when.tzinfo else when.replace(tzinfo=UTC)
+    except (KeyError, TypeError, ValueError):
+        return datetime.fromtimestamp(path.stat().st_mtime, tz=UTC)
+
+
 def list_reports(root: Path) -> list[ReportEntry]:
-    """Readable `*/summary.json` under root, newest first (mtime, then id for ties)."""
+    """Readable `*/summary.json` under root, newest first (run date, then id for ties)."""
     entries = []
     for path in root.glob("*/summary.json") if root.is_dir() else []:
         report_id = path.parent.name
@@ -75,12 +114,11 @@ def list_reports(root: Path) -> list[ReportEntry]:
             continue
         try:
             summary = json.loads(path.read_text(encoding="utf-8"))
-            mtime = path.stat().st_mtime
+            if isinstance(summary, dict):
+                entries.append(ReportEntry(report_id, _when(summary, path), summary))
         except (OSError, ValueError):
-            continue  # vanished or half-written: the writer renames folders atomically, so rare
-        if isinstance(summary, dict):
-            entries.append(ReportEntry(report_id, mtime, summary))
-    return sorted(entries, key=lambda e: (e.mtime, e.report_id), reverse=True)
+            continue  # vanished or half-written: the writer puts the summary last, so rare
+    return sorted(entries, key=lambda e: (e.when, e.report_id), reverse=True)
 
 
 def top_drifted(columns: Any, limit: int = TOP_COLUMNS) -> list[dict[str, Any]]:
@@ -95,39 +133,67 @@ def _fmt_share(value: Any) -> str:
 
 
 def _fmt_column(col: dict[str, Any]) -> str:
-    score = col.get("score")
+    """A drifted column's name, with its test in a tooltip (people want the name, analysts the test)."""
+    score, threshold = col.get("score"), col.get("threshold")
     score_text = f"{score:.3g}" if isinstance(score, (int, float)) else "?"
-    return f"{col.get('column', '?')} ({col.get('method', '?')}: {score_text})"
+    threshold_text = f"{threshold:.3g}" if isinstance(threshold, (int, float)) else "?"
+    test = f"{col.get('method', '?')}: {score_text} (threshold {threshold_text})"
+    return f"<span title=\"{html.escape(test)}\">{html.escape(str(col.get('column', '?')))}</span>"
+
+
+def _fmt_features(s: dict[str, Any]) -> str:
+    share = _fmt_share(s.get("drifted_share"))
+    count, total = s.get("drifted_columns"), s.get("features")
+    return f"{count} of {total} ({share})" if isinstance(count, int) and isinstance(total, int) else share
+
+
+STYLE = (
+    "body{font-family:system-ui,sans-serif;margin:1rem;color:#1a1a1a}table{border-collapse:collapse}"
+    "td,th{border-bottom:1px solid #ccc;padding:.4rem .6rem;text-align:left;vertical-align:top}"
+    "th{background:#f4f4f4}.status{font-weight:600;white-space:nowrap}.drift{color:#b00020}"
+    ".warning{color:#9a6700}.ok{color:#1b5e20}.words{display:block;min-width:24rem;max-width:40rem}.muted{color:#666}"
+    ".nowrap{white-space:nowrap}"
+)
+STATUS_WORDS = {"drift": "drifted", "warning": "some drift", "ok": "no drift"}
+
+
+def _row(e: ReportEntry, base: str) -> str:
+    esc, s = html.escape, e.summary
+    link = f"{base}/reports/{quote(e.report_id)}"
+    status = str(s.get("status", "?"))
+    css = status if status in STATUS_WORDS else "muted"
+    drifted = ", ".join(_fmt_column(c) for c in top_drifted(s.get("columns"))) or "—"  # escaped inside
+    cells = [
+        f"<a class=\"nowrap\" href=\"{esc(link)}\">{esc(e.when.strftime('%Y-%m-%d %H:%M UTC'))}</a>",
+        esc(str(s.get("dag_run_id", e.report_id))),
+        esc(f"{s.get('model_name', '—')} v{s.get('model_version', '?')}"),
+        f"<span class=\"status {css}\">{esc(STATUS_WORDS.get(status, status))}</span>",
+        esc(_fmt_features(s)), drifted,
+        f"<span class=\"words\">{esc(str(s.get('headline', '')))}</span>",
+        f"<a href=\"{esc(link)}\">open</a> · <a href=\"{esc(link)}/summary.json\">json</a>",
+    ]
+    return "<tr>" + "".join(f"<td>{c}</td>" for c in cells) + "</tr>"
 
 
 def render_index(entries: list[ReportEntry], base: str) -> str:
     """The report table as a standalone HTML page; every value from disk is escaped."""
-    esc = html.escape
-    rows = []
-    for e in entries:
-        s = e.summary
-        when = datetime.fromtimestamp(e.mtime, tz=UTC).strftime("%Y-%m-%d %H:%M UTC")
-        link = f"{base}/reports/{quote(e.report_id)}"
-        model = f"{s.get('model_name', '—')} v{s.get('model_version', '?')}"
-        drifted = top_drifted(s.get("columns"))
-        status = str(s.get("status", "?"))
-        rows.append(
-            f"<tr><td><a href=\"{esc(link)}\">{esc(when)}</a></td>"
-            f"<td>{esc(str(s.get('dag_run_id', e.report_id)))}</td><td>{esc(model)}</td>"
-            f"<td>{esc(_fmt_share(s.get('drifted_share')))}</td>"
-            f"<td class=\"{'drift' if status == 'drift' else 'ok'}\">{esc(status)}</td>"
-            f"<td>{esc(', '.join(_fmt_column(c) for c in drifted) or '—')}</td>"
-            f"<td><a href=\"{esc(link)}/summary.json\">json</a></td></tr>"
-        )
-    body = "".join(rows) or '<tr><td colspan="7">No drift reports yet.</td></tr>'
+    body = "".join(_row(e, base) for e in entries) or '<tr><td colspan="8">No drift reports yet.</td></tr>'
+    head = "".join(f"<th>{h}</th>" for h in ("Date", "DAG run", "Model", "Status", "Drifted features",
+                                              "Top drifted columns", "In words", "Report"))
     return (
-        "<!doctype html><html><head><meta charset=\"utf-8\"><title>Drift reports</title><style>"
-        "body{font-family:system-ui,sans-serif;margin:1rem}table{border-collapse:collapse}"
-        "td,th{border-bottom:1px solid #ccc;padding:.3rem .6rem;text-align:left}"
-        ".drift{color:#b00020;font-weight:600}.ok{color:#1b5e20}</style></head><body>"
-        "<h1>Drift reports</h1><table><thead><tr><th>Date</th><th>DAG run</th><th>Model</th>"
-        "<th>Drifted share</th><th>Status</th><th>Top drifted columns</th><th></th></tr></thead>"
-        f"<tbody>{body}</tbody></table></body></html>"
+        f"<!doctype html><html><head><meta charset=\"utf-8\"><title>Drift reports</title><style>{STYLE}</style>"
+        "</head><body><h1>Drift reports</h1><p class=\"muted\">Each run compares the data of its window with the "
+        "data the serving model (the champion) was trained on. Newest first; open a report for the details.</p>"
+        f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table></body></html>"
+    )
+
+
+def render_missing(dag_id: str, run_id: str) -> str:
+    """The DAG run tab of a run without a report (another DAG, or the run has not reached drift_report)."""
+    return (
+        f"<!doctype html><html><head><meta charset=\"utf-8\"><style>{STYLE}</style></head><body>"
+        f"<p>No drift report for run <b>{html.escape(run_id)}</b> of <b>{html.escape(dag_id)}</b>. Runs of "
+        "train_and_deploy write one in their drift_report task, after training.</p></body></html>"
     )
 
 
@@ -178,37 +244,63 @@ def index(request: Request) -> HTMLResponse:
                         headers={"Cache-Control": "no-store"})
 
 
+def _file_response(path: Path, media_type: str, headers: dict[str, str]) -> Response:
+    if _is_local(path):
+        return FileResponse(path, media_type=media_type, headers=headers)
+    return Response(path.read_bytes(), media_type=media_type, headers=headers)  # object storage
+
+
 @app.get("/reports/{report_id}")
-def report_html(report_id: str) -> FileResponse:
+def report_html(report_id: str) -> Response:
     path = resolve_report_file(reports_root(), report_id, "report.html")
     if path is None:
         raise HTTPException(404, "Report not found")
-    # The report runs Evidently's inline JS on Airflow's origin; the CSP sandbox gives it an opaque
-    # origin, so it cannot call Airflow's API with the user's cookie. It needs no storage or cookies.
-    return FileResponse(path, media_type="text/html", headers={
-        "Content-Security-Policy": "sandbox allow-scripts allow-popups allow-downloads",
-        "Cache-Control": "no-store"})
+    return _file_response(path, "text/html", REPORT_HEADERS)
 
 
 @app.get("/reports/{report_id}/summary.json")
-def report_summary(report_id: str) -> FileResponse:
+def report_summary(report_id: str) -> Response:
     path = resolve_report_file(reports_root(), report_id, "summary.json")
     if path is None:
         raise HTTPException(404, "Report not found")
-    return FileResponse(path, media_type="application/json", headers={"Cache-Control": "no-store"})
+    return _file_response(path, "application/json", {"Cache-Control": "no-store"})
 
 
-def _ui_href() -> str:
+@app.get("/runs/{dag_id}/{run_id}")
+def run_report(request: Request, dag_id: str, run_id: str) -> Response:
+    """The DAG run page's "Drift report" tab: that run's report, or a page saying there is none."""
+    report_id = report_id_for_run(run_id)
+    summary = resolve_report_file(reports_root(), report_id, "summary.json")
+    recorded = _dag_of(summary) if summary is not None else None
+    if summary is None or recorded not in (None, dag_id):
+        return HTMLResponse(render_missing(dag_id, run_id), headers={"Cache-Control": "no-store"})
+    base = request.scope.get("root_path", URL_PREFIX).rstrip("/")
+    return RedirectResponse(f"{base}/reports/{quote(report_id)}", status_code=307)
+
+
+def _dag_of(summary: Path) -> str | None:
+    try:
+        recorded = json.loads(summary.read_text(encoding="utf-8")).get("dag_id")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return str(recorded) if recorded else None  # older summaries did not record it
+
+
+def _ui_path(path: str) -> str:
     # The API server mounts everything under the path of [api] base_url (often just "/").
     base_path = urlsplit(conf.get("api", "base_url", fallback="") or "/").path
-    return f"{base_path.rstrip('/')}{URL_PREFIX}/"
+    return f"{base_path.rstrip('/')}{URL_PREFIX}{path}"
 
 
 class DriftReportsPlugin(AirflowPlugin):
-    """Mounts the report app and adds a "Drift reports" menu entry shown inside the UI."""
+    """Mounts the report app, adds "Drift reports" to the navigation and a "Drift report" tab to DAG runs."""
 
     name = "drift_reports"
     fastapi_apps = [{"app": app, "url_prefix": URL_PREFIX, "name": "Drift reports"}]
-    # url_route makes the UI render href in an iframe at /plugin/drift-reports.
-    external_views = [{"name": "Drift reports", "href": _ui_href(), "destination": "nav",
-                       "url_route": "drift-reports"}]
+    # With url_route the UI shows href in an iframe: /plugin/drift-reports for the menu entry, and
+    # /dags/<dag>/runs/<run>/plugin/drift-report for the run tab ({DAG_ID}, {RUN_ID} filled in by the UI).
+    external_views = [
+        {"name": "Drift reports", "href": _ui_path("/"), "destination": "nav", "url_route": "drift-reports"},
+        {"name": "Drift report", "href": _ui_path("/runs/{DAG_ID}/{RUN_ID}"), "destination": "dag_run",
+         "url_route": "drift-report"},
+    ]

@@ -1,219 +1,267 @@
-"""The ASGI app: plain-JSON /predict, Open Inference Protocol v2 routes, registry following."""
+"""The ASGI app: plain-JSON /predict and Open Inference Protocol v2 routes over a registry-following predictor.
+
+A routes list, a lifespan that owns the resources (registry poller, runtime thread, prediction log),
+thin handlers over the current `Predictor`, and one place (`_dispatch`) that turns errors into
+status codes: 4xx with {"error": ...} for the caller's mistakes, 500 with no details otherwise.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import hmac
 import logging
 import time
-from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-import numpy as np
-from starlette.applications import Starlette
-from starlette.exceptions import HTTPException
-from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
-from starlette.routing import Route
-
+from serving.follower import Follower
+from serving.http import (
+    ClientGone,
+    HTTPError,
+    MethodNotAllowed,
+    NotFound,
+    NotReady,
+    Receive,
+    Reply,
+    Request,
+    Route,
+    Router,
+    Scope,
+    Send,
+    Unauthorized,
+    UnsupportedMediaType,
+    encode,
+    json_reply,
+    read_body,
+    send_reply,
+)
+from serving.metrics import CONTENT_TYPE, Metrics
 from serving.model import InputError, OnnxModel
-from serving.registry import ModelCache, ModelRef, RegistryClient, RegistryError
+from serving.openapi import document
+from serving.predictor import Predictor
+from serving.predlog import PredictionLog
+from serving.protocol import NUMERIC, OUTPUTS, Rows
 from serving.settings import Settings
 
 log = logging.getLogger("serving")
+SERVER_NAME, SERVER_VERSION = "flights-mlops-serving", "2"
+_LIVE = encode({"live": True})
 
 
-class ModelHolder:
-    """The model being served; replaced by one reference assignment, so requests never see a mix."""
+class ServingApp:
+    """The ASGI callable. `follower.predictor` is the model being served; a swap replaces it in one step."""
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self.model: OnnxModel | None = None
-        self.cache = ModelCache(settings.cache_dir, settings.model_name)
-        self.client = RegistryClient(settings.registry_url) if settings.registry_url else None
-        self.swaps = 0
-        self.failed_loads = 0
-        self.last_poll_ok: float | None = None
-        self.last_error: str | None = None
+        self.metrics = Metrics()
+        self.runtime = ThreadPoolExecutor(1, thread_name_prefix="onnxruntime")  # one call at a time, off the loop
+        self.follower = Follower(settings, self._predictor, self.metrics.model)
+        self.predlog = (PredictionLog(settings.prediction_log_dir, settings.prediction_log_sample,
+                                      settings.prediction_log_flush_seconds, self.metrics)
+                        if settings.prediction_log_dir and settings.prediction_log_sample > 0 else None)
+        self.router = Router(self.routes())
+        self._token = f"Bearer {settings.auth_token}".encode() if settings.auth_token else None
+        self._poller: asyncio.Task[None] | None = None
 
-    def load_cached(self) -> None:
-        cached = self.cache.load()
-        if cached is not None:
-            ref, payload = cached
-            self.model = OnnxModel(payload, ref.name, ref.version)
-            log.info("serving %s v%s from cache", ref.name, ref.version)
+    def routes(self) -> list[Route]:
+        model_routes = [
+            Route("/v2/models/{name}", self.model_metadata),
+            Route("/v2/models/{name}/ready", self.model_ready),
+            Route("/v2/models/{name}/infer", self.infer, ("POST",), reads_body=True),
+        ]
+        versioned = [Route(r.path.replace("{name}", "{name}/versions/{version}"), r.handler, r.methods,
+                           reads_body=r.reads_body) for r in model_routes]
+        return [
+            Route("/predict", self.predict, ("POST",), reads_body=True),
+            Route("/v2/health/live", self.live, public=True),
+            Route("/v2/health/ready", self.ready),
+            Route("/v2", self.server_metadata),
+            *model_routes, *versioned,
+            Route("/metrics", self.prometheus),
+            Route("/openapi.json", self.openapi),
+        ]
 
-    def poll(self) -> None:
-        """Follow the alias: fetch, verify and warm a new version off the request path, then swap."""
-        if self.client is None:
+    # --- handlers ---------------------------------------------------------------------------------------
+
+    async def predict(self, req: Request) -> Reply:
+        p = self._serving()
+        rows, request_id = p.protocol.records(req.body)
+        probs = await p.predict(rows)
+        self._log(p.model, rows, probs, request_id)
+        return Reply(p.protocol.predict_response(probs), model_version=p.model.version)
+
+    async def infer(self, req: Request) -> Reply:
+        p = self._serving(req.params)
+        encoding = req.headers.get(b"content-encoding", b"identity")
+        if encoding != b"identity":
+            raise UnsupportedMediaType(f"Content-Encoding {encoding.decode(errors='replace')} is not supported; "
+                                       "send the body uncompressed")
+        header_length = req.headers.get(b"inference-header-content-length")
+        if header_length is not None and not header_length.isdigit():
+            raise InputError("Inference-Header-Content-Length: not a number")
+        request = p.protocol.infer(req.body, int(header_length) if header_length is not None else None)
+        probs = await p.predict(request.rows)
+        self._log(p.model, request.rows, probs, request.id)
+        body, json_length = p.protocol.infer_response(request, probs)
+        if json_length is None:
+            return Reply(body, model_version=p.model.version)
+        return Reply(body, content_type=b"application/octet-stream", model_version=p.model.version,
+                     headers=[(b"inference-header-content-length", b"%d" % json_length)])
+
+    async def live(self, req: Request) -> Reply:
+        return Reply(_LIVE)
+
+    async def ready(self, req: Request) -> Reply:
+        p = self.follower.predictor
+        version = p.model.version if p else None
+        return json_reply({"ready": p is not None, "model_version": version}, 200 if p else 503, version)
+
+    async def server_metadata(self, req: Request) -> Reply:
+        return json_reply({"name": SERVER_NAME, "version": SERVER_VERSION, "extensions": ["binary_tensor_data"]})
+
+    async def model_metadata(self, req: Request) -> Reply:
+        m = self._serving(req.params).model
+        return json_reply(_metadata(m), model_version=m.version)
+
+    async def model_ready(self, req: Request) -> Reply:
+        m = self._serving(req.params).model
+        return json_reply({"name": m.name, "ready": True, "model_version": m.version}, model_version=m.version)
+
+    async def prometheus(self, req: Request) -> Reply:
+        return Reply(self.metrics.render(), content_type=CONTENT_TYPE)
+
+    async def openapi(self, req: Request) -> Reply:
+        p = self.follower.predictor
+        return json_reply(document(p.model if p else None, self._token is not None, SERVER_VERSION))
+
+    # --- plumbing ---------------------------------------------------------------------------------------
+
+    def _predictor(self, model: OnnxModel) -> Predictor:
+        return Predictor(model, self.runtime, self.settings.max_batch_rows, self.metrics.batch)
+
+    def _serving(self, params: dict[str, str] | None = None) -> Predictor:
+        """The current predictor, checked against the model name and version in the path."""
+        p = self.follower.predictor
+        if p is None:
+            raise NotReady("no model loaded yet")
+        if params:
+            if params["name"] != p.model.name:
+                raise NotFound(f"model {params['name']!r} is not served here (serving {p.model.name!r})")
+            if params.get("version", p.model.version) != p.model.version:
+                raise NotFound(f"version {params['version']} of {p.model.name} is not loaded "
+                               f"(serving version {p.model.version})")
+        return p
+
+    def _log(self, model: OnnxModel, rows: Rows, probs: Any, request_id: str | None) -> None:
+        if self.predlog is not None:
+            self.predlog.record(time.time(), model, rows, probs, request_id)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            if scope["type"] == "lifespan":
+                await self._lifespan(receive, send)
             return
+        start = time.perf_counter()
+        path = scope["path"]
+        found = self.router.match(path)
+        label = found[0].path if found else "unmatched"
         try:
-            ref = self.client.resolve(self.settings.model_name, self.settings.alias)
-            self.last_poll_ok = time.time()
-            if self.model is not None and self.model.version == ref.version:
-                return
-            payload = self.client.download(ref)
-            model = OnnxModel(payload, ref.name, ref.version)
-            _warm_up(model)
-        except RegistryError as exc:
-            self._failed(str(exc))
+            headers = dict(scope["headers"])
+            if self._token is not None and not (found and found[0].public):
+                self._authorize(headers)
+            if found is None:
+                raise NotFound(f"no route {path}")
+            route, params = found
+            if scope["method"] not in route.methods:
+                raise MethodNotAllowed(f"{scope['method']} {path}: use {', '.join(route.methods)}",
+                                       [(b"allow", ", ".join(route.methods).encode())])
+            body = await read_body(receive, headers, self.settings.max_body_bytes) if route.reads_body else b""
+            reply = await route.handler(Request(scope["method"], path, params, headers, body))
+        except InputError as exc:
+            reply = json_reply({"error": str(exc)}, 400)
+        except HTTPError as exc:
+            reply = json_reply({"error": str(exc)}, exc.status)
+            reply.headers = exc.headers
+        except ClientGone:
+            self.metrics.observe(label, 499, time.perf_counter() - start)
             return
-        except Exception as exc:  # noqa: BLE001 - a bad artifact must never take the server down
-            self._failed(f"cannot load {self.settings.model_name}: {exc}")
+        except Exception:  # noqa: BLE001 - the caller gets no stack trace; the log does
+            log.exception("%s %s failed", scope["method"], path)
+            reply = json_reply({"error": "internal error (logged on the server)"}, 500)
+        version = reply.model_version
+        if version is None and self.follower.predictor is not None:
+            version = self.follower.predictor.model.version
+        await send_reply(send, reply, version)
+        self.metrics.observe(label, reply.status, time.perf_counter() - start)
+
+    def _authorize(self, headers: dict[bytes, bytes]) -> None:
+        given = headers.get(b"authorization", b"")
+        if not (self._token and hmac.compare_digest(given, self._token)):
+            raise Unauthorized("missing or wrong bearer token (Authorization: Bearer <token>)",
+                               [(b"www-authenticate", b'Bearer realm="serving"')])
+
+    # --- lifespan ---------------------------------------------------------------------------------------
+
+    async def _lifespan(self, receive: Receive, send: Send) -> None:
+        await receive()  # lifespan.startup
+        try:
+            await self.startup()
+        except Exception as exc:  # noqa: BLE001 - reported to the server, which exits
+            log.exception("startup failed")
+            await send({"type": "lifespan.startup.failed", "message": str(exc)})
             return
-        self.cache.save(ModelRef(ref.name, ref.version, model.sha256), payload)
-        old, self.model = self.model, model
-        self.swaps += 1
-        log.info("now serving %s v%s (was %s)", ref.name, ref.version, old.version if old else "none")
+        await send({"type": "lifespan.startup.complete"})
+        await receive()  # lifespan.shutdown
+        await self.shutdown()
+        await send({"type": "lifespan.shutdown.complete"})
 
-    def _failed(self, reason: str) -> None:
-        self.failed_loads += 1
-        self.last_error = reason
-        log.warning("registry poll failed, keeping %s: %s",
-                    f"v{self.model.version}" if self.model else "no model", reason)
+    async def startup(self) -> None:
+        """Serve from the disk cache at once when there is one; follow the registry in the background."""
+        await asyncio.to_thread(self.follower.load_cached)
+        if self.predlog is not None:
+            self.predlog.start()
+        first_poll = asyncio.Event()
+        self._poller = asyncio.create_task(self._follow(first_poll))
+        if self.follower.predictor is None and self.follower.client is not None:
+            # Nothing cached: give the registry a moment, so a first start is ready when it listens.
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(first_poll.wait(), self.settings.startup_wait_seconds)
 
+    async def shutdown(self) -> None:
+        if self._poller is not None:
+            self._poller.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._poller
+        if self.predlog is not None:
+            await asyncio.to_thread(self.predlog.close)
+        self.runtime.shutdown(wait=False)
 
-def _warm_up(model: OnnxModel) -> None:
-    columns = {f.name: (np.array(["x"], dtype=object) if f.kind == "categorical"
-                        else np.zeros(1, np.float32)) for f in model.features}
-    model.predict_columns(columns)
-
-
-def _model(request: Request, name: str | None = None) -> OnnxModel:
-    model: OnnxModel | None = request.app.state.holder.model
-    if model is None:
-        raise HTTPException(503, "no model loaded yet")
-    if name is not None and name != model.name:
-        raise HTTPException(404, f"model {name!r} is not served here (serving {model.name!r})")
-    return model
-
-
-def _versioned(model: OnnxModel, body: dict[str, Any]) -> JSONResponse:
-    return JSONResponse(body, headers={"X-Model-Version": model.version})
-
-
-async def _json_body(request: Request) -> Any:
-    try:
-        return await request.json()
-    except ValueError as exc:
-        raise InputError("request body is not valid JSON") from exc
+    async def _follow(self, first_poll: asyncio.Event) -> None:
+        while True:
+            try:
+                await asyncio.to_thread(self.follower.poll)
+            except Exception:  # noqa: BLE001 - the poller must outlive any surprise
+                log.exception("registry poll crashed")
+            first_poll.set()
+            await asyncio.sleep(self.settings.poll_seconds)
 
 
-async def predict(request: Request) -> Response:
-    model = _model(request)
-    body = await _json_body(request)
-    records = body.get("records") if isinstance(body, dict) else None
-    if not isinstance(records, list):
-        raise InputError('expected {"records": [{feature: value, ...}, ...]}')
-    probs = model.predict_columns(model.columns_from_records(records))
-    return _versioned(model, {
-        "model_name": model.name, "model_version": model.version,
-        "predictions": [{"probability": float(p), "label": int(p >= model.threshold)} for p in probs],
-    })
+def _metadata(m: OnnxModel) -> dict[str, Any]:
+    inputs = [{"name": f.name, "datatype": "BYTES" if f.kind == "categorical" else "FP32", "shape": [-1]}
+              for f in m.features]
+    return {
+        "name": m.name, "versions": [m.version], "platform": "onnxruntime_onnx",
+        "inputs": inputs,
+        "outputs": [{"name": name, "datatype": dtype, "shape": [-1]} for name, dtype in OUTPUTS.items()],
+        "run_id": m.metadata.get("run_id"),
+        "parameters": {
+            "threshold": m.threshold, "sha256": m.sha256, "numeric_datatypes": sorted(NUMERIC),
+            "row_major_input": {"name": "input", "datatype": "BYTES", "shape": [-1, len(m.features)],
+                                "columns": [f.name for f in m.features]},
+        },
+    }
 
 
-async def infer(request: Request) -> Response:
-    """OIP v2 infer: one input tensor per feature column (BYTES for categoricals, FP32 for numerics)."""
-    model = _model(request, request.path_params["name"])
-    version = request.path_params.get("version")
-    if version is not None and version != model.version:
-        raise HTTPException(404, f"version {version} is not loaded (serving {model.version})")
-    body = await _json_body(request)
-    inputs = body.get("inputs") if isinstance(body, dict) else None
-    if not isinstance(inputs, list):
-        raise InputError('expected {"inputs": [{"name", "shape", "datatype", "data"}, ...]}')
-    by_name = {i.get("name"): i for i in inputs if isinstance(i, dict)}
-    columns: dict[str, np.ndarray] = {}
-    for f in model.features:
-        if f.name not in by_name:
-            raise InputError(f"inputs: missing tensor {f.name!r}")
-        data = np.asarray(by_name[f.name].get("data"), dtype=object).reshape(-1)
-        try:
-            columns[f.name] = (data.astype(str).astype(object) if f.kind == "categorical"
-                               else np.array([np.nan if v is None else v for v in data], dtype=np.float32))
-        except (TypeError, ValueError) as exc:
-            raise InputError(f"inputs.{f.name}: {exc}") from exc
-    if len({len(c) for c in columns.values()}) > 1:
-        raise InputError("inputs: all tensors must have the same number of rows")
-    probs = model.predict_columns(columns)
-    return _versioned(model, {
-        "model_name": model.name, "model_version": model.version, "id": body.get("id", ""),
-        "outputs": [{"name": "probability", "shape": [len(probs)], "datatype": "FP32",
-                     "data": probs.tolist()}],
-    })
-
-
-async def model_metadata(request: Request) -> Response:
-    model = _model(request, request.path_params["name"])
-    return _versioned(model, {
-        "name": model.name, "versions": [model.version], "platform": "onnxruntime",
-        "run_id": model.metadata.get("run_id"),
-        "inputs": [{"name": f.name, "datatype": "BYTES" if f.kind == "categorical" else "FP32",
-                    "shape": [-1]} for f in model.features],
-        "outputs": [{"name": "probability", "datatype": "FP32", "shape": [-1]}],
-    })
-
-
-async def model_ready(request: Request) -> Response:
-    model = _model(request, request.path_params["name"])
-    return _versioned(model, {"name": model.name, "ready": True})
-
-
-async def live(request: Request) -> Response:
-    return JSONResponse({"live": True})
-
-
-async def ready(request: Request) -> Response:
-    holder: ModelHolder = request.app.state.holder
-    ok = holder.model is not None
-    return JSONResponse({"ready": ok, "model_version": holder.model.version if holder.model else None},
-                        status_code=200 if ok else 503)
-
-
-async def server_metadata(request: Request) -> Response:
-    return JSONResponse({"name": "flights-serving", "version": "1", "extensions": []})
-
-
-async def _input_error(request: Request, exc: Exception) -> Response:
-    return JSONResponse({"error": str(exc)}, status_code=400)
-
-
-async def _http_error(request: Request, exc: Exception) -> Response:
-    assert isinstance(exc, HTTPException)
-    return JSONResponse({"error": exc.detail}, status_code=exc.status_code)
-
-
-def create_app(settings: Settings | None = None) -> Starlette:
-    settings = settings or Settings.from_env()
-    holder = ModelHolder(settings)
-
-    @contextlib.asynccontextmanager
-    async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        holder.load_cached()
-        await asyncio.to_thread(holder.poll)
-
-        async def follow() -> None:
-            while True:
-                await asyncio.sleep(settings.poll_seconds)
-                await asyncio.to_thread(holder.poll)
-
-        poller = asyncio.create_task(follow())
-        try:
-            yield
-        finally:
-            poller.cancel()
-
-    routes = [
-        Route("/predict", predict, methods=["POST"]),
-        Route("/v2/health/live", live),
-        Route("/v2/health/ready", ready),
-        Route("/v2", server_metadata),
-        Route("/v2/models/{name}", model_metadata),
-        Route("/v2/models/{name}/ready", model_ready),
-        Route("/v2/models/{name}/infer", infer, methods=["POST"]),
-        Route("/v2/models/{name}/versions/{version}/infer", infer, methods=["POST"]),
-    ]
-    app = Starlette(routes=routes, lifespan=lifespan,
-                    exception_handlers={InputError: _input_error, HTTPException: _http_error})
-    app.state.holder = holder
-    return app
+def create_app(settings: Settings | None = None) -> ServingApp:
+    return ServingApp(settings or Settings.from_env())

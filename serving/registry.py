@@ -16,7 +16,11 @@ TIMEOUT_S = 10
 
 
 class RegistryError(RuntimeError):
-    """The registry or the artifact store did not give a usable model."""
+    """The registry or the artifact store did not answer (worth retrying)."""
+
+
+class ChecksumError(RegistryError):
+    """The downloaded artifact is not the one registered (retrying will not help)."""
 
 
 @dataclass(frozen=True)
@@ -33,7 +37,7 @@ def _get_json(url: str) -> dict[str, Any]:
             return payload
     except urllib.error.HTTPError as exc:
         raise RegistryError(f"GET {url}: HTTP {exc.code} {exc.read()[:200]!r}") from exc
-    except (urllib.error.URLError, TimeoutError, OSError) as exc:
+    except (urllib.error.URLError, TimeoutError, OSError, ValueError) as exc:
         raise RegistryError(f"GET {url}: {exc}") from exc
 
 
@@ -45,18 +49,25 @@ class RegistryClient:
 
     def resolve(self, name: str, alias: str) -> ModelRef:
         query = urllib.parse.urlencode({"name": name, "alias": alias})
-        mv = _get_json(f"{self.base}/api/2.0/mlflow/registered-models/alias?{query}")["model_version"]
-        tags = {t["key"]: t["value"] for t in mv.get("tags", [])}
-        return ModelRef(name, str(mv["version"]), tags.get("onnx.sha256"))
+        answer = _get_json(f"{self.base}/api/2.0/mlflow/registered-models/alias?{query}")
+        try:
+            mv = answer["model_version"]
+            tags = {t["key"]: t["value"] for t in mv.get("tags", [])}
+            return ModelRef(name, str(mv["version"]), tags.get("onnx.sha256"))
+        except (KeyError, TypeError, AttributeError) as exc:
+            raise RegistryError(f"unexpected answer for {name}@{alias}: {str(answer)[:200]}") from exc
 
     def download(self, ref: ModelRef) -> bytes:
         """The version's model.onnx, checked against the checksum recorded at registration."""
         query = urllib.parse.urlencode({"name": ref.name, "version": ref.version})
-        uri = _get_json(f"{self.base}/api/2.0/mlflow/model-versions/get-download-uri?{query}")["artifact_uri"]
+        answer = _get_json(f"{self.base}/api/2.0/mlflow/model-versions/get-download-uri?{query}")
+        uri = answer.get("artifact_uri") if isinstance(answer, dict) else None
+        if not isinstance(uri, str):
+            raise RegistryError(f"no artifact location for {ref.name} v{ref.version}: {str(answer)[:200]}")
         payload = self._fetch(f"{uri.rstrip('/')}/{ONNX_FILE}")
         digest = hashlib.sha256(payload).hexdigest()
         if ref.sha256 and digest != ref.sha256:
-            raise RegistryError(f"{ref.name} v{ref.version}: checksum {digest[:12]} does not match "
+            raise ChecksumError(f"{ref.name} v{ref.version}: checksum {digest[:12]} does not match "
                                 f"the registered {ref.sha256[:12]}")
         return payload
 

@@ -1,10 +1,15 @@
-"""Serving settings from the environment, read once at start."""
+"""Serving settings from the environment, read once at start; a bad value stops the start with its name."""
 
 from __future__ import annotations
 
 import os
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
+
+T = TypeVar("T")
+MiB = 1 << 20
 
 
 @dataclass(frozen=True)
@@ -16,16 +21,62 @@ class Settings:
     cache_dir: Path
     host: str
     port: int
+    auth_token: str | None = None  # bearer token; None: no auth
+    max_body_bytes: int = 8 * MiB  # larger request bodies get 413
+    prediction_log_dir: Path | None = None  # None: no prediction log
+    prediction_log_sample: float = 1.0  # share of requests logged
+    prediction_log_flush_seconds: float = 30.0
+    max_batch_rows: int = 4096  # rows per onnxruntime call when requests are merged
+    startup_wait_seconds: float = 10.0  # without a cached model, wait this long for the registry before listening
+    access_log: bool = False
 
     @classmethod
-    def from_env(cls) -> Settings:
-        state = Path(os.environ.get("STATE_DIR", Path(__file__).resolve().parent.parent / ".state"))
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
+        env = os.environ if env is None else env
+        state = Path(env.get("STATE_DIR", Path(__file__).resolve().parent.parent / ".state"))
+        log_dir = env.get("SERVING_PREDICTION_LOG_DIR", str(state / "serving" / "predictions"))
         return cls(
-            model_name=os.environ.get("MODEL_NAME", "flights_delay"),
-            registry_url=os.environ.get("MLFLOW_SERVER_URL", "http://127.0.0.1:5000") or None,
-            alias=os.environ.get("MODEL_ALIAS", "champion"),
-            poll_seconds=float(os.environ.get("SERVING_POLL_SECONDS", "10")),
-            cache_dir=Path(os.environ.get("SERVING_CACHE_DIR", state / "serving" / "cache")),
-            host=os.environ.get("SERVING_HOST", "127.0.0.1"),
-            port=int(os.environ.get("SERVING_PORT", "8000")),
+            model_name=env.get("MODEL_NAME", "flights_delay"),
+            registry_url=env.get("MLFLOW_SERVER_URL", "http://127.0.0.1:5000") or None,
+            alias=env.get("MODEL_ALIAS", "champion"),
+            poll_seconds=_get(env, "SERVING_POLL_SECONDS", "10", float, lambda v: v > 0),
+            cache_dir=Path(env.get("SERVING_CACHE_DIR", state / "serving" / "cache")),
+            host=env.get("SERVING_HOST", "127.0.0.1"),
+            port=_get(env, "SERVING_PORT", "8000", int, lambda v: 0 <= v < 65536),
+            auth_token=_token(env),
+            max_body_bytes=_get(env, "SERVING_MAX_BODY_BYTES", str(8 * MiB), int, lambda v: v > 0),
+            prediction_log_dir=Path(log_dir) if log_dir else None,
+            prediction_log_sample=_get(env, "SERVING_PREDICTION_LOG_SAMPLE", "1", float, lambda v: 0 <= v <= 1),
+            prediction_log_flush_seconds=_get(env, "SERVING_PREDICTION_LOG_FLUSH_SECONDS", "30", float,
+                                              lambda v: v > 0),
+            max_batch_rows=_get(env, "SERVING_MAX_BATCH_ROWS", "4096", int, lambda v: v > 0),
+            startup_wait_seconds=_get(env, "SERVING_STARTUP_WAIT_SECONDS", "10", float, lambda v: v >= 0),
+            access_log=_get(env, "SERVING_ACCESS_LOG", "0", _flag, lambda v: True),
         )
+
+
+def _get(env: Mapping[str, str], name: str, default: str, parse: Callable[[str], T],
+         valid: Callable[[T], bool]) -> T:
+    raw = env.get(name, default)
+    try:
+        value = parse(raw)
+    except ValueError:
+        raise ValueError(f"{name}={raw!r}: not a valid {getattr(parse, '__name__', 'value')}") from None
+    if not valid(value):
+        raise ValueError(f"{name}={raw!r}: out of range")
+    return value
+
+
+def _flag(raw: str) -> bool:
+    if raw.lower() in ("1", "true", "yes", "on"):
+        return True
+    if raw.lower() in ("0", "false", "no", "off", ""):
+        return False
+    raise ValueError(raw)
+
+
+def _token(env: Mapping[str, str]) -> str | None:
+    """SERVING_AUTH_TOKEN, or the content of SERVING_AUTH_TOKEN_FILE (a mounted secret)."""
+    path = env.get("SERVING_AUTH_TOKEN_FILE")
+    token = Path(path).read_text().strip() if path else env.get("SERVING_AUTH_TOKEN", "")
+    return token or None

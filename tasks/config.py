@@ -76,8 +76,31 @@ class Training(_Strict):
     holdout_share: float = Field(gt=0, lt=0.5)
 
 
+# Evidently 0.7's stat tests (evidently/legacy/calculations/stattests); p-value tests drift below
+# their threshold, distances at or above it.
+DriftMethod = Literal["anderson", "chisquare", "cramer_von_mises", "ed", "empirical_mmd", "es", "fisher_exact",
+                      "g_test", "hellinger", "jensenshannon", "kl_div", "ks", "mannw", "psi", "t_test", "TVD",
+                      "wasserstein", "z"]
+
+
+class ColumnDrift(_Strict):
+    """One column's drift test; an unset field keeps Evidently's default for that column."""
+
+    method: DriftMethod | None = None
+    threshold: float | None = Field(default=None, gt=0)
+
+
 class Drift(_Strict):
-    max_rows: int = Field(ge=100)
+    """The Evidently drift report. Unset methods and thresholds are Evidently's defaults: up to 1000 rows
+    K-S (numeric) / chi-square or Z-test (categorical), p < 0.05; above, Wasserstein and Jensen-Shannon >= 0.1."""
+
+    max_rows: int = Field(5000, ge=100, description="rows sampled (seeded, so the same every time) from each side")
+    drift_share: float = Field(0.5, gt=0, le=1, description="the data counts as drifted from this share of features")
+    numeric: ColumnDrift = Field(default_factory=ColumnDrift, description="the test for every numeric feature")
+    categorical: ColumnDrift = Field(default_factory=ColumnDrift, description="the test for every categorical feature")
+    columns: dict[str, ColumnDrift] = Field(default_factory=dict, description="feature name -> its own test")
+    prediction: ColumnDrift = Field(default_factory=ColumnDrift, description="the test for the candidate's scores")
+    target: ColumnDrift = Field(default_factory=ColumnDrift, description="the test for the label")
 
 
 # Metrics where less is better; every other metric is better when higher.

@@ -48,6 +48,11 @@ def reports(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
                   columns=cols)
     _write_report(root, "manual__2024-01-02", 2_000, dag_run_id="<script>x</script>",
                   model_name="delay", model_version="2", drifted_share=0.0, status="ok", columns=[])
+    # The run date the DAG recorded wins over the file's mtime (object stores have none).
+    _write_report(root, "manual__2024-01-05", 500, dag_run_id="manual__2024-01-05", dag_id="train_and_deploy",
+                  run_date="2024-01-05T03:00:00+00:00", model_name="delay", model_version="5",
+                  drifted_share=0.2, drifted_columns=1, features=5, status="warning",
+                  headline="Mostly unchanged: 1 of 5 features differ.", columns=[])
     # A writer's in-progress temp folder and a corrupt summary are not listed.
     _write_report(root, ".manual__2024-01-04.tmp-abcd1234", 4_000, status="ok")
     (root / "broken").mkdir()
@@ -75,8 +80,9 @@ def test_reports_root_from_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) 
 def test_list_reports_newest_first_skips_hidden_and_broken(reports: Path) -> None:
     entries = dr.list_reports(reports)
     assert [e.report_id for e in entries] == [
-        "manual__2024-01-03", "manual__2024-01-02", "scheduled__2024-01-01"]
-    assert entries[0].summary["model_version"] == "3"
+        "manual__2024-01-05", "manual__2024-01-03", "manual__2024-01-02", "scheduled__2024-01-01"]
+    assert entries[1].summary["model_version"] == "3"
+    assert entries[0].when.isoformat() == "2024-01-05T03:00:00+00:00"
     assert dr.list_reports(reports / "missing") == []
 
 
@@ -104,7 +110,12 @@ def test_render_index_escapes_and_links(reports: Path) -> None:
     assert "&lt;b&gt;carrier&lt;/b&gt;" in page and "distance" not in page  # only drifted columns
     assert 'href="/drift-reports/reports/manual__2024-01-03"' in page
     assert "67%" in page and "delay v3" in page
-    assert page.index("manual__2024-01-03T00:00") < page.index("scheduled__2024-01-01")
+    assert "1 of 5 (20%)" in page and "Mostly unchanged: 1 of 5 features differ." in page
+    assert '<span class="status warning">some drift</span>' in page
+    assert '<span class="status drift">drifted</span>' in page
+    assert page.index("manual__2024-01-05") < page.index("manual__2024-01-03T00:00") < page.index(
+        "scheduled__2024-01-01")
+    assert "2024-01-05 03:00 UTC" in page
     assert "No drift reports yet" in dr.render_index([], "/drift-reports")
 
 
@@ -162,13 +173,59 @@ def test_app_requires_valid_token(reports: Path, monkeypatch: pytest.MonkeyPatch
         assert client.get(f"/reports/{bad}/summary.json").status_code == 404, bad
 
 
-def test_plugin_declares_app_and_nav_entry() -> None:
+def test_the_dag_run_tab_opens_that_runs_report(reports: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import airflow.api_fastapi.app as api_app
+
+    monkeypatch.setattr(api_app, "get_auth_manager", lambda: _FakeAuthManager())
+    client = TestClient(dr.app, root_path="/drift-reports", follow_redirects=False)
+    client.cookies.set("_token", "good")
+    # The UI fills in {DAG_ID} and {RUN_ID} URL-encoded; the run id maps to its report folder.
+    tab = client.get("/runs/train_and_deploy/manual__2024-01-05")
+    assert tab.status_code == 307 and tab.headers["location"] == "/drift-reports/reports/manual__2024-01-05"
+    # A report without a recorded DAG (older summaries) opens for any DAG's run of that id.
+    assert client.get("/runs/train_and_deploy/manual__2024-01-03").status_code == 307
+    for dag_id, run_id in [("rollback_model", "manual__2024-01-05"), ("train_and_deploy", "manual__2099"),
+                           ("train_and_deploy", "%2E%2E"), ("train_and_deploy", "escape")]:
+        page = client.get(f"/runs/{dag_id}/{run_id}")
+        assert page.status_code == 200 and "No drift report for run" in page.text, (dag_id, run_id)
+    # An encoded slash becomes a path separator before routing: no route matches.
+    assert client.get("/runs/train_and_deploy/..%2F..%2Fsecret.txt").status_code == 404
+    assert "<script>" not in client.get("/runs/x/%3Cscript%3E").text
+    client.cookies.clear()
+    assert client.get("/runs/train_and_deploy/manual__2024-01-05").status_code == 401
+
+
+def test_reports_on_object_storage(monkeypatch: pytest.MonkeyPatch) -> None:
+    import airflow.api_fastapi.app as api_app
+    from upath import UPath
+
+    root = UPath("memory://plugin-test/reports")
+    (root / "manual__1").mkdir(parents=True, exist_ok=True)
+    (root / "manual__1" / "report.html").write_text("<html>object report</html>")
+    (root / "manual__1" / "summary.json").write_text(json.dumps(
+        {"dag_run_id": "manual__1", "run_date": "2024-02-01T00:00:00+00:00", "status": "ok"}))
+    monkeypatch.setenv("REPORTS_DIR", "memory://plugin-test/reports")
+    monkeypatch.setattr(api_app, "get_auth_manager", lambda: _FakeAuthManager())
+    assert [e.report_id for e in dr.list_reports(dr.reports_root())] == ["manual__1"]
+    assert dr.resolve_report_dir(dr.reports_root(), "..") is None
+    client = TestClient(dr.app, root_path="/drift-reports")
+    client.cookies.set("_token", "good")
+    assert "manual__1" in client.get("/").text
+    report = client.get("/reports/manual__1")
+    assert report.text == "<html>object report</html>"
+    assert report.headers["content-security-policy"].startswith("sandbox")
+    assert client.get("/reports/nope").status_code == 404
+
+
+def test_plugin_declares_app_nav_entry_and_run_tab() -> None:
     plugin = dr.DriftReportsPlugin
     assert plugin.fastapi_apps == [{"app": dr.app, "url_prefix": "/drift-reports",
                                     "name": "Drift reports"}]
-    (view,) = plugin.external_views
-    assert view["destination"] == "nav" and view["url_route"] == "drift-reports"
-    assert view["href"].endswith("/drift-reports/")
+    nav, run_tab = plugin.external_views
+    assert nav["destination"] == "nav" and nav["url_route"] == "drift-reports"
+    assert nav["href"].endswith("/drift-reports/")
+    assert run_tab["destination"] == "dag_run" and run_tab["url_route"] == "drift-report"
+    assert run_tab["href"].endswith("/drift-reports/runs/{DAG_ID}/{RUN_ID}")
 
 
 def _free_port() -> int:
@@ -255,7 +312,13 @@ def test_live_api_server_serves_reports_to_logged_in_users(tmp_path: Path) -> No
 
             plugins = client.get("/api/v2/plugins", headers=auth).json()["plugins"]
             (ours,) = [p for p in plugins if p["name"] == "drift_reports"]
-            assert ours["external_views"][0]["url_route"] == "drift-reports"
+            views = {v["destination"]: v for v in ours["external_views"]}
+            assert views["nav"]["url_route"] == "drift-reports"
+            assert views["dag_run"]["href"] == "/drift-reports/runs/{DAG_ID}/{RUN_ID}"
+            tab = client.get("/drift-reports/runs/train_and_deploy/manual__2024-01-03", headers=auth,
+                             follow_redirects=True)
+            assert tab.status_code == 200 and "report manual__2024-01-03" in tab.text
+            assert client.get("/drift-reports/runs/train_and_deploy/manual__2024-01-03").status_code == 401
     finally:
         os.killpg(proc.pid, signal.SIGTERM)
         try:

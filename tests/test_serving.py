@@ -1,19 +1,38 @@
-"""The serving app over HTTP: plain JSON and OIP v2, clear 400s, readiness, the on-disk cache."""
+"""The serving app in-process: plain JSON and OIP v2 (per-feature, row-major, binary), every validation case
+as a 4xx naming the field, auth, limits, metrics, OpenAPI, micro-batching, the prediction log, the cache."""
 
 from __future__ import annotations
 
+import asyncio
+import hashlib
+import json
+import random
+import struct
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
+from datetime import UTC, datetime
 from pathlib import Path
 
+import numpy as np
+import pyarrow.dataset as ds
+import pyarrow.parquet as pq
 import pytest
 import torch
 from starlette.testclient import TestClient
 
 from serving.app import create_app
+from serving.metrics import Metrics
+from serving.model import OnnxModel
+from serving.parquet import Column, write_table
+from serving.predictor import Predictor
+from serving.predlog import PredictionLog
 from serving.registry import ModelCache, ModelRef
 from serving.settings import Settings
 from tasks.model import ModelConfig, TabularNet, export_onnx
 
 RECORD = {"distance": 1000, "hour": 7, "carrier": "UA", "origin": "EWR"}
+FEATURES = ["distance", "hour", "carrier", "origin"]
+INFER = "/v2/models/flights_delay/infer"
 
 
 @pytest.fixture(scope="module")
@@ -26,16 +45,31 @@ def onnx_bytes(tmp_path_factory) -> bytes:
     return path.read_bytes()
 
 
-def _settings(cache: Path) -> Settings:
-    return Settings(model_name="flights_delay", registry_url=None, alias="champion", poll_seconds=3600,
+def _settings(cache: Path, **changes) -> Settings:
+    base = Settings(model_name="flights_delay", registry_url=None, alias="champion", poll_seconds=3600,
                     cache_dir=cache, host="127.0.0.1", port=0)
+    return replace(base, **changes)
 
 
 @pytest.fixture()
-def client(tmp_path, onnx_bytes):
+def cache(tmp_path, onnx_bytes) -> Path:
     ModelCache(tmp_path, "flights_delay").save(ModelRef("flights_delay", "7", None), onnx_bytes)
-    with TestClient(create_app(_settings(tmp_path))) as c:
+    return tmp_path
+
+
+@pytest.fixture()
+def client(cache):
+    with TestClient(create_app(_settings(cache))) as c:
         yield c
+
+
+def _tensors(records: list[dict]) -> list[dict]:
+    return [{"name": f, "shape": [len(records)], "datatype": "BYTES" if f in ("carrier", "origin") else "FP32",
+             "data": [r[f] for r in records]} for f in FEATURES]
+
+
+def _plain(client, records) -> list[float]:
+    return [p["probability"] for p in client.post("/predict", json={"records": records}).json()["predictions"]]
 
 
 def test_predict_answers_with_probabilities_and_version(client):
@@ -48,31 +82,215 @@ def test_predict_answers_with_probabilities_and_version(client):
 
 
 def test_oip_infer_with_one_tensor_per_column(client):
-    inputs = [{"name": "distance", "shape": [1], "datatype": "FP32", "data": [1000]},
-              {"name": "hour", "shape": [1], "datatype": "FP32", "data": [7]},
-              {"name": "carrier", "shape": [1], "datatype": "BYTES", "data": ["UA"]},
-              {"name": "origin", "shape": [1], "datatype": "BYTES", "data": ["EWR"]}]
-    resp = client.post("/v2/models/flights_delay/infer", json={"inputs": inputs, "id": "r1"})
+    resp = client.post(INFER, json={"inputs": _tensors([RECORD]), "id": "r1"})
     assert resp.status_code == 200, resp.text
-    plain = client.post("/predict", json={"records": [RECORD]}).json()["predictions"][0]["probability"]
-    assert resp.json()["outputs"][0]["data"][0] == pytest.approx(plain)
-    assert resp.json()["id"] == "r1"
+    body = resp.json()
+    assert body["outputs"][0]["name"] == "probability"
+    assert body["outputs"][0]["data"][0] == pytest.approx(_plain(client, [RECORD])[0])
+    assert body["outputs"][1] == {"name": "label", "datatype": "INT64", "shape": [1],
+                                  "data": [int(body["outputs"][0]["data"][0] >= 0.5)]}
+    assert body["id"] == "r1" and body["model_version"] == "7" and resp.headers["x-model-version"] == "7"
 
 
-def test_bad_input_is_a_400_that_names_the_field(client):
-    resp = client.post("/predict", json={"records": [{**RECORD, "distance": "far"}]})
-    assert resp.status_code == 400
-    assert "distance" in resp.json()["error"]
-    assert client.post("/predict", content=b"not json").status_code == 400
-    assert client.post("/predict", json={"rows": []}).status_code == 400
+def test_oip_row_major_tensor_answers_like_the_per_feature_form(client):
+    records = [RECORD, {**RECORD, "distance": None, "carrier": "AA"}]
+    expected = _plain(client, records)
+    rows = [[r[f] for f in FEATURES] for r in records]
+    nested = {"name": "input", "shape": [2, 4], "datatype": "BYTES", "data": rows}
+    flat = {**nested, "data": [v for row in rows for v in row]}
+    as_text = {**nested, "data": [["1000", "7", "UA", "EWR"], ["", "7", "AA", "EWR"]]}  # BYTES: numbers as text
+    for tensor in (nested, flat, as_text):
+        resp = client.post(INFER, json={"inputs": [tensor]})
+        assert resp.status_code == 200, resp.text
+        assert resp.json()["outputs"][0]["data"] == pytest.approx(expected)
 
 
-def test_metadata_and_health(client):
-    assert client.get("/v2/health/live").status_code == 200
+def test_oip_binary_tensor_extension_in_and_out(client):
+    """What Triton's Python client sends by default: JSON header, then raw little-endian tensors."""
+    records = [RECORD, {**RECORD, "hour": 20}]
+    blobs, inputs = [], []
+    for f in FEATURES:
+        values = [r[f] for r in records]
+        if f in ("carrier", "origin"):
+            blob = b"".join(struct.pack("<I", len(v)) + v.encode() for v in values)
+            datatype = "BYTES"
+        else:
+            blob, datatype = np.array(values, dtype="<f4").tobytes(), "FP32"
+        blobs.append(blob)
+        inputs.append({"name": f, "shape": [2], "datatype": datatype, "parameters": {"binary_data_size": len(blob)}})
+    head = json.dumps({"inputs": inputs, "outputs": [{"name": "probability", "parameters": {"binary_data": True}}]})
+    resp = client.post(INFER, content=head.encode() + b"".join(blobs),
+                       headers={"Inference-Header-Content-Length": str(len(head)),
+                                "Content-Type": "application/octet-stream"})
+    assert resp.status_code == 200, resp.text
+    size = int(resp.headers["inference-header-content-length"])
+    header = json.loads(resp.content[:size])
+    assert header["outputs"] == [{"name": "probability", "datatype": "FP32", "shape": [2],
+                                  "parameters": {"binary_data_size": 8}}]
+    assert np.frombuffer(resp.content[size:], "<f4").tolist() == pytest.approx(_plain(client, records))
+
+
+@pytest.mark.parametrize(("body", "field"), [
+    ({"records": [{**RECORD, "distance": "far"}]}, "records[0].distance"),
+    ({"records": [{**RECORD, "distance": True}]}, "records[0].distance"),
+    ({"records": [{**RECORD, "carrier": 5}]}, "records[0].carrier"),
+    ({"records": [{k: v for k, v in RECORD.items() if k != "hour"}]}, "missing feature `hour`"),
+    ({"records": [{**RECORD, "wind": 3}]}, "unknown feature `wind`"),
+    ({"records": [RECORD, [1, 2]]}, "records[1]"),
+    ({"records": []}, "records: at least one record"),
+    ({"records": RECORD}, "records"),
+    ({"rows": [RECORD]}, "rows"),
+    ([RECORD], "body"),
+    ({"records": [{**RECORD, "distance": 1e39}]}, "records[0].distance"),  # beyond FP32
+    ({"records": [{**RECORD, "distance": 1e999}]}, "records[0].distance"),  # infinity
+    ({"records": [RECORD], "id": 3}, "id"),
+])
+def test_predict_refuses_bad_records_naming_the_field(client, body, field):
+    resp = client.post("/predict", content=json.dumps(body))
+    assert resp.status_code == 400, resp.text
+    assert field in resp.json()["error"]
+
+
+@pytest.mark.parametrize(("raw", "field"), [
+    (b'{"records": [{"distance": NaN, "hour": 7, "carrier": "UA", "origin": "EWR"}]}', "records[0].distance"),
+    (b'{"records": [{"distance": 1, "hour": -Infinity, "carrier": "UA", "origin": "EWR"}]}', "records[0].hour"),
+    (b'{"inputs": [{"name": "hour", "shape": [1], "datatype": "FP32", "data": [NaN]}]}', "inputs.hour.data[0]"),
+    (b"not json", "not valid JSON"),
+    (b'{"records": [', "not valid JSON"),
+    (b"\xff\xfe\x00", "not valid JSON"),
+    (b"", "not valid JSON"),
+])
+def test_malformed_json_and_nan_are_400s_naming_the_place(client, raw, field):
+    path = INFER if b"inputs" in raw else "/predict"
+    resp = client.post(path, content=raw)
+    assert resp.status_code == 400, resp.text
+    assert field in resp.json()["error"]
+
+
+def _with(tensors: list[dict], name: str, **changes) -> list[dict]:
+    return [{**t, **changes} if t["name"] == name else t for t in tensors]
+
+
+@pytest.mark.parametrize(("inputs", "field"), [
+    (_tensors([RECORD])[:-1], "missing tensor `origin`"),
+    (_tensors([RECORD]) + [{"name": "wind", "shape": [1], "datatype": "FP32", "data": [1]}], "inputs.wind"),
+    (_with(_tensors([RECORD]), "distance", data=["far"]), "inputs.distance.data[0]"),
+    (_with(_tensors([RECORD]), "distance", datatype="BYTES"), "inputs.distance: datatype BYTES"),
+    (_with(_tensors([RECORD]), "carrier", datatype="FP32", data=[1.0]), "inputs.carrier: datatype FP32"),
+    (_with(_tensors([RECORD]), "distance", shape=[2]), "inputs.distance: shape [2]"),
+    (_with(_tensors([RECORD]), "distance", shape=[1, 3]), "inputs.distance: shape [1, 3]"),
+    (_with(_tensors([RECORD]), "distance", datatype="INT64", data=[2.5]), "inputs.distance.data[0]"),
+    (_with(_tensors([RECORD]), "distance", datatype="FP32", data=[1e39]), "inputs.distance.data[0]"),
+    (_with(_tensors([RECORD]), "hour", shape=[2], data=[7, 8]), "inputs.hour: 2 rows"),
+    (_tensors([RECORD]) + _tensors([RECORD])[:1], "inputs.distance: given twice"),
+    ([{"name": "input", "shape": [1, 3], "datatype": "BYTES", "data": [[1, 7, "UA"]]}], "shape [N, 4]"),
+    ([{"name": "input", "shape": [1, 4], "datatype": "BYTES", "data": [[1, "x", "UA", "EWR"]]}], "(`hour`)"),
+    ([{"name": "input", "shape": [1, 4], "datatype": "BYTES", "data": [[1, 7, 3, "EWR"]]}], "(`carrier`)"),
+    ([{"name": "input", "shape": [1, 4], "datatype": "FP32", "data": [[1, 7, 3, 4]]}], "datatype FP32"),
+    ([], "inputs: at least one"),
+    ([{"name": "distance", "shape": [1]}], "inputs[0]"),
+    ([{"name": "distance", "shape": [1], "datatype": "FP32"}], "inputs.distance: no `data`"),
+])
+def test_infer_refuses_bad_tensors_naming_the_field(client, inputs, field):
+    resp = client.post(INFER, json={"inputs": inputs})
+    assert resp.status_code == 400, resp.text
+    assert field in resp.json()["error"]
+
+
+def test_infer_refuses_unknown_outputs_and_broken_binary_framing(client):
+    resp = client.post(INFER, json={"inputs": _tensors([RECORD]), "outputs": [{"name": "logits"}]})
+    assert resp.status_code == 400 and "outputs.logits" in resp.json()["error"]
+    head = json.dumps({"inputs": [{**t, "data": None} for t in _tensors([RECORD])]})
+    for length in ("12x", "99999"):
+        resp = client.post(INFER, content=head.encode(), headers={"Inference-Header-Content-Length": length})
+        assert resp.status_code == 400 and "Inference-Header-Content-Length" in resp.json()["error"]
+    resp = client.post(INFER, content=b"{}", headers={"Content-Encoding": "gzip"})
+    assert resp.status_code == 415
+
+
+def test_no_request_shape_produces_a_500(client):
+    rng = random.Random(0)
+    values = [None, True, 0, -1, 1.5, "x", "", [], {}, [1], {"a": 1}, "NaN", 1e308, -(2**70)]
+    bodies = [{"records": [{f: rng.choice(values) for f in rng.sample(FEATURES, rng.randint(0, 4))}]}
+              for _ in range(60)]
+    bodies += [{"inputs": [{"name": rng.choice([*FEATURES, "input"]), "shape": rng.choice([[1], [1, 4], [2], [], [-1]]),
+                            "datatype": rng.choice(["FP32", "BYTES", "INT8", "BOOL", "X"]),
+                            "data": rng.choice([[1], ["a"], [[1, 2, "a", "b"]], [None], 5])}]} for _ in range(60)]
+    for body in bodies:
+        path = INFER if "inputs" in body else "/predict"
+        resp = client.post(path, json=body)
+        assert resp.status_code in (200, 400), (body, resp.text)
+        assert "Traceback" not in resp.text
+
+
+def test_metadata_health_and_versions_forms(client):
+    assert client.get("/v2/health/live").json() == {"live": True}
     assert client.get("/v2/health/ready").json() == {"ready": True, "model_version": "7"}
+    assert client.get("/v2").json()["extensions"] == ["binary_tensor_data"]
     meta = client.get("/v2/models/flights_delay").json()
-    assert {i["name"]: i["datatype"] for i in meta["inputs"]}["carrier"] == "BYTES"
-    assert client.get("/v2/models/other").status_code == 404
+    assert {i["name"]: i["datatype"] for i in meta["inputs"]} == {
+        "distance": "FP32", "hour": "FP32", "carrier": "BYTES", "origin": "BYTES"}
+    assert meta["versions"] == ["7"] and meta["parameters"]["row_major_input"]["shape"] == [-1, 4]
+    assert client.get("/v2/models/flights_delay/versions/7").json() == meta
+    assert client.get("/v2/models/flights_delay/ready").json()["ready"] is True
+    assert client.get("/v2/models/flights_delay/versions/7/ready").status_code == 200
+    assert client.post("/v2/models/flights_delay/versions/7/infer", json={"inputs": _tensors([RECORD])}).status_code \
+        == 200
+    for path in ("/v2/models/other", "/v2/models/flights_delay/versions/8", "/v2/models/flights_delay/versions/8/ready",
+                 "/nothing/here"):
+        resp = client.get(path)
+        assert resp.status_code == 404 and "error" in resp.json()
+    resp = client.post("/v2/models/flights_delay/versions/8/infer", json={"inputs": _tensors([RECORD])})
+    assert resp.status_code == 404 and "version 8" in resp.json()["error"]
+    resp = client.get("/predict")
+    assert resp.status_code == 405 and resp.headers["allow"] == "POST"
+    assert all(r.headers["x-model-version"] == "7" for r in (resp, client.get("/v2")))
+
+
+def test_openapi_document_describes_both_apis_and_the_features(client):
+    doc = client.get("/openapi.json").json()
+    assert doc["openapi"].startswith("3.1")
+    assert {"/predict", "/v2/models/{name}/infer", "/v2/models/{name}/versions/{version}/infer",
+            "/v2/health/live", "/metrics"} <= set(doc["paths"])
+    record = doc["components"]["schemas"]["Record"]
+    assert record["required"] == FEATURES and record["additionalProperties"] is False
+    assert "security" not in doc
+
+
+def test_oversized_body_is_413_and_the_limit_is_configurable(cache):
+    with TestClient(create_app(_settings(cache, max_body_bytes=2000))) as c:
+        small = c.post("/predict", json={"records": [RECORD]})
+        big = c.post("/predict", json={"records": [RECORD] * 100})
+    assert small.status_code == 200
+    assert big.status_code == 413 and "SERVING_MAX_BODY_BYTES" in big.json()["error"]
+
+
+def test_bearer_token_guards_everything_but_liveness(cache):
+    with TestClient(create_app(_settings(cache, auth_token="s3cret"))) as c:
+        assert c.get("/v2/health/live").status_code == 200
+        for method, path in (("GET", "/v2/health/ready"), ("GET", "/v2"), ("GET", "/v2/models/flights_delay"),
+                             ("POST", "/predict"), ("POST", INFER), ("GET", "/metrics"), ("GET", "/openapi.json")):
+            resp = c.request(method, path, json={"records": [RECORD]})
+            assert resp.status_code == 401, path
+            assert resp.headers["www-authenticate"].startswith("Bearer")
+            wrong = c.request(method, path, json={"records": [RECORD]}, headers={"Authorization": "Bearer nope"})
+            assert wrong.status_code == 401
+        ok = {"Authorization": "Bearer s3cret"}
+        assert c.post("/predict", json={"records": [RECORD]}, headers=ok).status_code == 200
+        assert c.get("/openapi.json", headers=ok).json()["security"] == [{"bearer": []}]
+
+
+def test_metrics_count_requests_rows_and_the_loaded_model(client):
+    client.post("/predict", json={"records": [RECORD, RECORD, RECORD]})
+    client.post("/predict", json={"records": []})
+    text = client.get("/metrics").text
+    assert 'serving_requests_total{route="/predict",status="200"} 1' in text
+    assert 'serving_requests_total{route="/predict",status="400"} 1' in text
+    assert 'serving_request_duration_seconds_count{route="/predict"} 2' in text
+    assert "serving_rows_predicted_total 3" in text  # + the warm-up, which is not counted
+    assert 'serving_model_info{name="flights_delay",version="7"' in text
+    assert "serving_model_loaded 1" in text and "serving_model_swaps_total 0" in text
+    assert "serving_registry_last_success_timestamp_seconds 0" in text  # no registry configured
 
 
 def test_not_ready_without_a_model(tmp_path):
@@ -80,11 +298,113 @@ def test_not_ready_without_a_model(tmp_path):
         assert c.get("/v2/health/live").status_code == 200
         assert c.get("/v2/health/ready").status_code == 503
         assert c.post("/predict", json={"records": [RECORD]}).status_code == 503
+        assert c.get("/v2/models/flights_delay").status_code == 503
+        assert "x-model-version" not in c.get("/v2").headers
+        assert c.get("/openapi.json").status_code == 200
 
 
 def test_corrupted_cache_is_not_served(tmp_path, onnx_bytes):
-    import hashlib
     ModelCache(tmp_path, "flights_delay").save(
         ModelRef("flights_delay", "7", hashlib.sha256(onnx_bytes).hexdigest()), onnx_bytes[:-10])
     with TestClient(create_app(_settings(tmp_path))) as c:
         assert c.get("/v2/health/ready").status_code == 503
+
+
+def test_concurrent_requests_share_runtime_calls_and_get_their_own_answers(onnx_bytes):
+    model = OnnxModel(onnx_bytes, "flights_delay", "7")
+    merged: list[int] = []
+    predictor = Predictor(model, ThreadPoolExecutor(1), on_batch=lambda rows, requests: merged.append(requests))
+    records = [{**RECORD, "distance": 100 * i, "hour": i % 24} for i in range(40)]
+
+    async def all_at_once() -> list[np.ndarray]:
+        return await asyncio.gather(*(predictor.predict(predictor.protocol.records(
+            json.dumps({"records": [r]}).encode())[0]) for r in records))
+
+    answers = asyncio.run(all_at_once())
+    alone = model.predict_columns(model.columns_from_records(records))
+    assert sum(merged) == 40 and len(merged) < 40  # merged into fewer runtime calls
+    assert np.concatenate(answers) == pytest.approx(alone, abs=1e-6)
+
+
+def test_a_failing_runtime_call_fails_only_the_request_that_broke_it(onnx_bytes):
+    model = OnnxModel(onnx_bytes, "flights_delay", "7")
+    run = model.predict_columns
+
+    def fragile(columns):
+        if "BOOM" in columns["origin"]:
+            raise RuntimeError("the runtime refused")
+        return run(columns)
+
+    model.predict_columns = fragile  # type: ignore[method-assign]
+    predictor = Predictor(model, None)
+    bodies = [{"records": [{**RECORD, "origin": "BOOM" if i == 3 else "EWR"}]} for i in range(8)]
+
+    async def all_at_once():
+        return await asyncio.gather(*(predictor.predict(predictor.protocol.records(json.dumps(b).encode())[0])
+                                      for b in bodies), return_exceptions=True)
+
+    results = asyncio.run(all_at_once())
+    assert [isinstance(r, RuntimeError) for r in results] == [i == 3 for i in range(8)]
+
+
+def test_prediction_log_writes_hourly_parquet_that_reads_back(tmp_path, onnx_bytes):
+    model = OnnxModel(onnx_bytes, "flights_delay", "7")
+    protocol = Predictor(model).protocol
+    metrics = Metrics()
+    plog = PredictionLog(tmp_path, sample=1.0, flush_seconds=3600, metrics=metrics)
+    rows, _ = protocol.records(json.dumps({"records": [RECORD, {**RECORD, "distance": None}]}).encode())
+    tensor_rows = protocol.infer(json.dumps({"inputs": _tensors([RECORD])}).encode()).rows
+    ten = datetime(2024, 5, 1, 10, 59, tzinfo=UTC).timestamp()
+    eleven = datetime(2024, 5, 1, 11, 0, tzinfo=UTC).timestamp()
+    plog.record(ten, model, rows, np.array([0.25, 0.75], np.float32), "req-1")
+    plog.record(eleven, model, tensor_rows, np.array([0.5], np.float32), None)
+    files = plog.flush()
+    assert sorted(p.parent.relative_to(tmp_path).as_posix() for p in files) == [
+        "dt=2024-05-01/hr=10", "dt=2024-05-01/hr=11"]
+    table = ds.dataset(tmp_path, format="parquet", partitioning="hive").to_table().sort_by("ts")
+    got = table.to_pylist()
+    assert [r["distance"] for r in got] == [1000.0, None, 1000.0]
+    assert [r["probability"] for r in got] == [0.25, 0.75, 0.5] and [r["label"] for r in got] == [0, 1, 1]
+    assert [r["request_id"] for r in got] == ["req-1", "req-1", None]
+    assert {r["model_version"] for r in got} == {"7"} and [r["hr"] for r in got] == [10, 10, 11]
+    assert got[0]["ts"] == datetime(2024, 5, 1, 10, 59, tzinfo=UTC)
+    assert metrics.log_rows == 3 and metrics.log_files == 2
+    assert pq.read_metadata(files[0]).metadata[b"model_version"] == b"7"
+
+
+def test_prediction_log_samples(tmp_path, onnx_bytes):
+    model = OnnxModel(onnx_bytes, "flights_delay", "7")
+    rows, _ = Predictor(model).protocol.records(json.dumps({"records": [RECORD]}).encode())
+    plog = PredictionLog(tmp_path, sample=0.25, flush_seconds=3600, metrics=Metrics())
+    random.seed(3)
+    for _ in range(2000):
+        plog.record(0.0, model, rows, np.array([0.5], np.float32), None)
+    plog.flush()
+    assert 400 < pq.read_table(next(tmp_path.rglob("*.parquet"))).num_rows < 600
+
+
+def test_parquet_writer_round_trips_through_pyarrow(tmp_path):
+    path = tmp_path / "t.parquet"
+    strings = [None if i % 5 == 0 else f"v{i}é" for i in range(1000)]
+    write_table(path, [Column("ts", "timestamp_us", np.arange(1000) * 1_000_000),
+                       Column("f", "float32", np.where(np.arange(1000) % 7 == 0, np.nan, np.arange(1000))),
+                       Column("d", "float64", [None, 1.5] * 500),
+                       Column("n", "int64", [None, 2**40] * 500),
+                       Column("s", "string", strings)], {"k": "v"})
+    table = pq.read_table(path)
+    assert table.num_rows == 1000 and table.schema.metadata == {b"k": b"v"}
+    assert str(table.schema.field("ts").type) == "timestamp[us, tz=UTC]"
+    assert table.column("f").null_count == 143 and table.column("s").to_pylist() == strings
+    assert table.column("n").to_pylist()[:2] == [None, 2**40] and table.column("d").null_count == 500
+
+
+def test_settings_from_env_name_the_bad_variable(tmp_path):
+    env = {"STATE_DIR": str(tmp_path), "SERVING_AUTH_TOKEN": "t", "SERVING_MAX_BODY_BYTES": "1000",
+           "SERVING_PREDICTION_LOG_SAMPLE": "0.1", "SERVING_PREDICTION_LOG_DIR": ""}
+    s = Settings.from_env(env)
+    assert (s.auth_token, s.max_body_bytes, s.prediction_log_sample, s.prediction_log_dir) == ("t", 1000, 0.1, None)
+    assert Settings.from_env({"STATE_DIR": str(tmp_path)}).prediction_log_dir == tmp_path / "serving" / "predictions"
+    for name, value in (("SERVING_PORT", "http"), ("SERVING_PREDICTION_LOG_SAMPLE", "2"),
+                        ("SERVING_MAX_BODY_BYTES", "-1"), ("SERVING_ACCESS_LOG", "maybe")):
+        with pytest.raises(ValueError, match=name):
+            Settings.from_env({**env, name: value})

@@ -1,0 +1,119 @@
+"""Following the registry alias: start from the disk cache, poll, verify, load and warm off the request path, swap.
+
+A swap is one reference assignment: requests already holding the old predictor finish on it. A
+version that fails to download-verify or load is reported (metrics, log) once per version and the
+old one keeps serving; an unreachable registry only counts a poll error.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+
+from serving.metrics import ModelState
+from serving.model import OnnxModel
+from serving.predictor import Predictor
+from serving.registry import ChecksumError, ModelCache, ModelRef, RegistryClient, RegistryError
+from serving.settings import Settings
+
+log = logging.getLogger("serving.follower")
+
+
+class Follower:
+    def __init__(self, settings: Settings, make_predictor: Callable[[OnnxModel], Predictor],
+                 state: ModelState) -> None:
+        self.settings = settings
+        self.predictor: Predictor | None = None
+        self.cache = ModelCache(settings.cache_dir, settings.model_name)
+        self.client = RegistryClient(settings.registry_url) if settings.registry_url else None
+        self.state = state
+        self.state.name = settings.model_name
+        self.last_error: str | None = None
+        self._make = make_predictor
+        self._failed: tuple[str, str | None] | None = None  # (version, sha256) that did not load
+        self._registry_down = False
+
+    def load_cached(self) -> bool:
+        """Serve the last good model from disk, if there is one: the registry may be away."""
+        cached = self.cache.load()
+        if cached is None:
+            return False
+        ref, payload = cached
+        try:
+            predictor = self._prepare(ref, payload)
+        except Exception as exc:  # noqa: BLE001 - a bad cache must not stop the start
+            log.warning("the cached %s v%s does not load: %s", ref.name, ref.version, exc)
+            return False
+        self._swap(predictor, "the disk cache")
+        return True
+
+    def poll(self) -> None:
+        """One look at the alias; load and swap when it names another version."""
+        if self.client is None:
+            return
+        try:
+            ref = self.client.resolve(self.settings.model_name, self.settings.alias)
+        except RegistryError as exc:
+            self._poll_error(exc)
+            return
+        self.state.last_poll_success = time.time()
+        if self._registry_down:
+            self._registry_down = False
+            log.info("the registry answers again")
+        served = self.predictor.model.version if self.predictor else None
+        if ref.version == served:
+            self.state.stale = False
+            return
+        if self._failed == (ref.version, ref.sha256):
+            return  # reported already; the registry's versions are immutable
+        try:
+            payload = self.client.download(ref)
+        except ChecksumError as exc:
+            self._load_failed(ref, str(exc))
+            return
+        except RegistryError as exc:
+            self._poll_error(exc)
+            return
+        try:
+            predictor = self._prepare(ref, payload)
+        except Exception as exc:  # noqa: BLE001 - a broken artifact must never take the server down
+            self._load_failed(ref, f"onnxruntime cannot load it: {exc}")
+            return
+        try:
+            self.cache.save(ModelRef(ref.name, ref.version, predictor.model.sha256), payload)
+        except OSError as exc:
+            log.warning("could not cache %s v%s on disk: %s", ref.name, ref.version, exc)
+        self._swap(predictor, "the registry")
+
+    def _prepare(self, ref: ModelRef, payload: bytes) -> Predictor:
+        predictor = self._make(OnnxModel(payload, ref.name, ref.version))
+        predictor.warm_up()
+        return predictor
+
+    def _swap(self, predictor: Predictor, source: str) -> None:
+        old, self.predictor = self.predictor, predictor
+        model = predictor.model
+        self.state.version, self.state.sha256, self.state.loaded_at = model.version, model.sha256, time.time()
+        self.state.stale = False
+        if old is not None:
+            self.state.swaps += 1
+        log.info("now serving %s v%s from %s (was %s)", model.name, model.version, source,
+                 f"v{old.model.version}" if old else "nothing")
+
+    def _load_failed(self, ref: ModelRef, reason: str) -> None:
+        self._failed = (ref.version, ref.sha256)
+        self.state.load_failures += 1
+        self.state.stale = True
+        self.last_error = f"{ref.name} v{ref.version}: {reason}"
+        log.error("version %s of %s failed to load, keeping %s: %s", ref.version, ref.name, self._serving(), reason)
+
+    def _poll_error(self, exc: RegistryError) -> None:
+        self.state.poll_errors += 1
+        self.last_error = str(exc)
+        if not self._registry_down:  # once per outage, not once per poll
+            self._registry_down = True
+            log.warning("registry poll failed, keeping %s until it answers: %s", self._serving(), exc)
+
+    def _serving(self) -> str:
+        return f"v{self.predictor.model.version}" if self.predictor else "no model"

@@ -1,0 +1,144 @@
+"""Prometheus metrics in the text exposition format (format 0.0.4), kept as plain counters.
+
+No client library: the set is small and fixed, and an observation is one dict update and one
+bisect, cheap enough for every request of the hot path.
+"""
+
+from __future__ import annotations
+
+import time
+from bisect import bisect_left
+from collections import defaultdict
+from dataclasses import dataclass, field
+
+CONTENT_TYPE = b"text/plain; version=0.0.4; charset=utf-8"
+LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 4096)
+
+
+@dataclass
+class _Histogram:
+    buckets: tuple[float, ...]
+    counts: list[int] = field(default_factory=list)
+    total: float = 0.0
+    n: int = 0
+
+    def __post_init__(self) -> None:
+        self.counts = [0] * (len(self.buckets) + 1)
+
+    def observe(self, value: float) -> None:
+        self.counts[bisect_left(self.buckets, value)] += 1
+        self.total += value
+        self.n += 1
+
+    def lines(self, name: str, labels: str) -> list[str]:
+        sep = "," if labels else ""
+        out, running = [], 0
+        for bound, count in zip((*self.buckets, float("inf")), self.counts, strict=True):
+            running += count
+            le = "+Inf" if bound == float("inf") else repr(bound)
+            out.append(f'{name}_bucket{{{labels}{sep}le="{le}"}} {running}')
+        block = f"{{{labels}}}" if labels else ""
+        out += [f"{name}_sum{block} {self.total!r}", f"{name}_count{block} {self.n}"]
+        return out
+
+
+@dataclass
+class ModelState:
+    """What the registry follower reports: the served version and how following went."""
+
+    name: str = ""
+    version: str | None = None
+    sha256: str = ""
+    loaded_at: float | None = None
+    swaps: int = 0
+    load_failures: int = 0
+    poll_errors: int = 0
+    last_poll_success: float | None = None
+    stale: bool = False  # the alias names a version this server could not load
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.requests: defaultdict[tuple[str, int], int] = defaultdict(int)
+        self.latency: dict[str, _Histogram] = {}
+        self.rows = 0
+        self.batches = _Histogram(BATCH_BUCKETS)
+        self.requests_per_batch = _Histogram(BATCH_BUCKETS)
+        self.model = ModelState()
+        self.log_rows = 0
+        self.log_dropped = 0
+        self.log_files = 0
+        self.started = time.time()
+
+    def observe(self, route: str, status: int, seconds: float) -> None:
+        self.requests[(route, status)] += 1
+        hist = self.latency.get(route)
+        if hist is None:
+            hist = self.latency[route] = _Histogram(LATENCY_BUCKETS)
+        hist.observe(seconds)
+
+    def batch(self, rows: int, requests: int) -> None:
+        self.rows += rows
+        self.batches.observe(rows)
+        self.requests_per_batch.observe(requests)
+
+    def render(self) -> bytes:
+        m = self.model
+        out = [
+            "# HELP serving_requests_total HTTP requests by route template and status code.",
+            "# TYPE serving_requests_total counter",
+            *(f'serving_requests_total{{route="{r}",status="{s}"}} {n}'
+              for (r, s), n in sorted(self.requests.items())),
+            "# HELP serving_request_duration_seconds Time from request start to response sent, by route.",
+            "# TYPE serving_request_duration_seconds histogram",
+            *(line for r, h in sorted(self.latency.items())
+              for line in h.lines("serving_request_duration_seconds", f'route="{r}"')),
+            "# HELP serving_rows_predicted_total Rows the model scored.",
+            "# TYPE serving_rows_predicted_total counter",
+            f"serving_rows_predicted_total {self.rows}",
+            "# HELP serving_batch_rows Rows per onnxruntime call (concurrent requests are merged).",
+            "# TYPE serving_batch_rows histogram",
+            *self.batches.lines("serving_batch_rows", ""),
+            "# HELP serving_batch_requests Requests merged into one onnxruntime call.",
+            "# TYPE serving_batch_requests histogram",
+            *self.requests_per_batch.lines("serving_batch_requests", ""),
+            "# HELP serving_model_info The model version being served (value 1).",
+            "# TYPE serving_model_info gauge",
+            *([f'serving_model_info{{name="{m.name}",version="{m.version}",sha256="{m.sha256}"}} 1']
+              if m.version is not None else []),
+            "# HELP serving_model_loaded 1 once a model is loaded (readiness).",
+            "# TYPE serving_model_loaded gauge",
+            f"serving_model_loaded {int(m.version is not None)}",
+            "# HELP serving_model_loaded_timestamp_seconds When the served version was loaded.",
+            "# TYPE serving_model_loaded_timestamp_seconds gauge",
+            f"serving_model_loaded_timestamp_seconds {m.loaded_at or 0}",
+            "# HELP serving_model_swaps_total Times a new version replaced the served one.",
+            "# TYPE serving_model_swaps_total counter",
+            f"serving_model_swaps_total {m.swaps}",
+            "# HELP serving_model_load_failures_total Versions that failed to download, verify or load.",
+            "# TYPE serving_model_load_failures_total counter",
+            f"serving_model_load_failures_total {m.load_failures}",
+            "# HELP serving_model_stale 1 while the registry alias names a version this server could not load.",
+            "# TYPE serving_model_stale gauge",
+            f"serving_model_stale {int(m.stale)}",
+            "# HELP serving_registry_poll_errors_total Registry polls that failed (registry unreachable, ...).",
+            "# TYPE serving_registry_poll_errors_total counter",
+            f"serving_registry_poll_errors_total {m.poll_errors}",
+            "# HELP serving_registry_last_success_timestamp_seconds Last successful registry poll (0: never).",
+            "# TYPE serving_registry_last_success_timestamp_seconds gauge",
+            f"serving_registry_last_success_timestamp_seconds {m.last_poll_success or 0}",
+            "# HELP serving_prediction_log_rows_total Rows written to the prediction log.",
+            "# TYPE serving_prediction_log_rows_total counter",
+            f"serving_prediction_log_rows_total {self.log_rows}",
+            "# HELP serving_prediction_log_dropped_rows_total Sampled rows dropped (log writer behind).",
+            "# TYPE serving_prediction_log_dropped_rows_total counter",
+            f"serving_prediction_log_dropped_rows_total {self.log_dropped}",
+            "# HELP serving_prediction_log_files_total Parquet files written to the prediction log.",
+            "# TYPE serving_prediction_log_files_total counter",
+            f"serving_prediction_log_files_total {self.log_files}",
+            "# HELP serving_start_timestamp_seconds When this process started.",
+            "# TYPE serving_start_timestamp_seconds gauge",
+            f"serving_start_timestamp_seconds {self.started}",
+        ]
+        return ("\n".join(out) + "\n").encode()

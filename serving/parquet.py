@@ -1,0 +1,211 @@
+"""A minimal Parquet writer: flat optional columns, row groups of one PLAIN page each, gzip (no pyarrow in the image).
+
+pyarrow alone would add ~156 MB to the serving image; the prediction log only needs flat tables of
+timestamps, numbers and strings, which take ~100 lines of the format: Thrift-compact metadata,
+definition levels as one bit-packed run, PLAIN-encoded values.
+"""
+
+from __future__ import annotations
+
+import struct
+import zlib
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+# parquet.thrift enums
+_BOOLEAN, _INT64, _FLOAT, _DOUBLE, _BYTE_ARRAY = 0, 2, 4, 5, 6
+_OPTIONAL = 1
+_UTF8, _TIMESTAMP_MICROS = 0, 10
+_PLAIN, _RLE = 0, 3
+_GZIP = 2
+# Thrift compact protocol type ids
+_T_TRUE, _T_FALSE, _T_I32, _T_I64, _T_BINARY, _T_LIST, _T_STRUCT = 1, 2, 5, 6, 8, 9, 12
+
+KINDS = ("timestamp_us", "float32", "float64", "int64", "string")
+_PHYSICAL = {"timestamp_us": _INT64, "float32": _FLOAT, "float64": _DOUBLE, "int64": _INT64, "string": _BYTE_ARRAY}
+_NUMPY = {"timestamp_us": "<i8", "float32": "<f4", "float64": "<f8", "int64": "<i8"}
+
+
+@dataclass(frozen=True)
+class Column:
+    name: str
+    kind: str  # one of KINDS
+    values: Sequence[Any] | np.ndarray  # None is null; for float kinds NaN is null too
+
+
+def _varint(n: int) -> bytes:
+    out = bytearray()
+    while True:
+        byte, n = n & 0x7F, n >> 7
+        if n:
+            out.append(byte | 0x80)
+        else:
+            out.append(byte)
+            return bytes(out)
+
+
+def _zigzag(n: int) -> bytes:
+    return _varint((n << 1) ^ (n >> 63))
+
+
+class _Struct:
+    """Thrift compact encoding of one struct: fields in increasing id order, then stop."""
+
+    def __init__(self) -> None:
+        self.buf = bytearray()
+        self.last = 0
+
+    def _header(self, fid: int, ttype: int) -> None:
+        delta = fid - self.last
+        self.buf += bytes([(delta << 4) | ttype]) if 0 < delta <= 15 else bytes([ttype]) + _zigzag(fid)
+        self.last = fid
+
+    def i32(self, fid: int, v: int) -> _Struct:
+        self._header(fid, _T_I32)
+        self.buf += _zigzag(v)
+        return self
+
+    def i64(self, fid: int, v: int) -> _Struct:
+        self._header(fid, _T_I64)
+        self.buf += _zigzag(v)
+        return self
+
+    def bool(self, fid: int, v: bool) -> _Struct:
+        self._header(fid, _T_TRUE if v else _T_FALSE)
+        return self
+
+    def binary(self, fid: int, v: str | bytes) -> _Struct:
+        data = v.encode() if isinstance(v, str) else v
+        self._header(fid, _T_BINARY)
+        self.buf += _varint(len(data)) + data
+        return self
+
+    def struct(self, fid: int, v: _Struct) -> _Struct:
+        self._header(fid, _T_STRUCT)
+        self.buf += v.end()
+        return self
+
+    def list(self, fid: int, etype: int, items: list[Any]) -> _Struct:
+        self._header(fid, _T_LIST)
+        n = len(items)
+        self.buf += bytes([(n << 4) | etype]) if n < 15 else bytes([0xF0 | etype]) + _varint(n)
+        for item in items:
+            if etype == _T_STRUCT:
+                self.buf += item.end()
+            elif etype == _T_BINARY:
+                data = item.encode() if isinstance(item, str) else item
+                self.buf += _varint(len(data)) + data
+            else:  # i32
+                self.buf += _zigzag(item)
+        return self
+
+    def end(self) -> bytes:
+        return bytes(self.buf) + b"\x00"
+
+
+def _values(col: Column) -> tuple[np.ndarray, bytes]:
+    """(defined mask, PLAIN encoding of the defined values). Float kinds: None and NaN are null."""
+    if col.kind in ("float32", "float64"):
+        floats = np.asarray(col.values, dtype=_NUMPY[col.kind])
+        defined = ~np.isnan(floats)
+        return defined, floats[defined].tobytes()
+    if isinstance(col.values, np.ndarray) and col.kind != "string":
+        return np.ones(len(col.values), dtype=bool), col.values.astype(_NUMPY[col.kind]).tobytes()
+    values = list(col.values)
+    if None in values:
+        defined = np.fromiter((v is not None for v in values), dtype=bool, count=len(values))
+        values = [v for v in values if v is not None]
+    else:
+        defined = np.ones(len(values), dtype=bool)
+    if col.kind == "string":  # BYTE_ARRAY's PLAIN encoding: 4-byte length, bytes; each distinct value framed once
+        framed: dict[Any, bytes] = {}
+        return defined, b"".join([framed.get(v) or framed.setdefault(v, _frame(v)) for v in values])
+    return defined, np.asarray(values, dtype=_NUMPY[col.kind]).tobytes()
+
+
+def _frame(value: str | bytes) -> bytes:
+    data = value.encode() if isinstance(value, str) else bytes(value)
+    return struct.pack("<I", len(data)) + data
+
+
+def _page(col: Column) -> tuple[bytes, int]:
+    """One gzip-compressed data page: bit-packed definition levels, then the non-null values."""
+    defined, values = _values(col)
+    bits = np.packbits(defined, bitorder="little").tobytes()
+    levels = _varint((len(bits) << 1) | 1) + bits  # one bit-packed run of ceil(n/8) groups of 8
+    raw = struct.pack("<I", len(levels)) + levels + values
+    packer = zlib.compressobj(1, zlib.DEFLATED, 31)  # wbits 31: the gzip container Parquet's GZIP means
+    data = packer.compress(raw) + packer.flush()
+    page = _Struct().i32(1, len(col.values)).i32(2, _PLAIN).i32(3, _RLE).i32(4, _RLE)
+    header = _Struct().i32(1, 0).i32(2, len(raw)).i32(3, len(data)).struct(5, page).end()
+    return header + data, len(header) + len(raw)
+
+
+def _schema_element(col: Column) -> _Struct:
+    el = _Struct().i32(1, _PHYSICAL[col.kind]).i32(3, _OPTIONAL).binary(4, col.name)
+    if col.kind == "string":
+        el.i32(6, _UTF8).struct(10, _Struct().struct(1, _Struct()))
+    elif col.kind == "timestamp_us":
+        unit = _Struct().struct(2, _Struct())  # TimeUnit.MICROS
+        el.i32(6, _TIMESTAMP_MICROS).struct(10, _Struct().struct(8, _Struct().bool(1, True).struct(2, unit)))
+    return el
+
+
+class ParquetWriter:
+    """Row groups appended to an open file; the footer (schema, row-group index, metadata) on close."""
+
+    def __init__(self, path: Path, schema: list[tuple[str, str]]) -> None:
+        unknown = {kind for _, kind in schema} - set(KINDS)
+        if unknown:
+            raise ValueError(f"unsupported column kinds {sorted(unknown)}")
+        self.path, self.schema = path, schema
+        self.rows = 0
+        self._groups: list[_Struct] = []
+        self._file = path.open("wb")
+        self._file.write(b"PAR1")
+        self._offset = 4
+
+    def write(self, columns: list[Column]) -> None:
+        """One row group; `columns` match the schema and have the same length."""
+        if [(c.name, c.kind) for c in columns] != self.schema:
+            raise ValueError("columns do not match the file's schema")
+        rows = len(columns[0].values) if columns else 0
+        if any(len(c.values) != rows for c in columns):
+            raise ValueError("all columns must have the same number of values")
+        chunks, total = [], 0
+        for col in columns:
+            page, uncompressed = _page(col)
+            meta = (_Struct().i32(1, _PHYSICAL[col.kind]).list(2, _T_I32, [_PLAIN, _RLE])
+                    .list(3, _T_BINARY, [col.name]).i32(4, _GZIP).i64(5, rows).i64(6, uncompressed)
+                    .i64(7, len(page)).i64(9, self._offset))
+            chunks.append(_Struct().i64(2, self._offset).struct(3, meta))
+            self._file.write(page)
+            self._offset += len(page)
+            total += uncompressed
+        self._groups.append(_Struct().list(1, _T_STRUCT, chunks).i64(2, total).i64(3, rows))
+        self.rows += rows
+
+    def close(self, metadata: dict[str, str] | None = None) -> None:
+        columns = [Column(name, kind, ()) for name, kind in self.schema]
+        root = _Struct().binary(4, "schema").i32(5, len(columns))
+        footer = _Struct().i32(1, 1).list(2, _T_STRUCT, [root, *map(_schema_element, columns)]).i64(3, self.rows)
+        footer.list(4, _T_STRUCT, self._groups)
+        if metadata:
+            footer.list(5, _T_STRUCT, [_Struct().binary(1, k).binary(2, v) for k, v in metadata.items()])
+        footer.binary(6, "flights-mlops serving")
+        tail = footer.end()
+        self._file.write(tail + struct.pack("<I", len(tail)) + b"PAR1")
+        self._file.close()
+
+
+def write_table(path: Path, columns: list[Column], metadata: dict[str, str] | None = None) -> None:
+    """Write `columns` (all the same length) to `path` as one row group."""
+    writer = ParquetWriter(path, [(c.name, c.kind) for c in columns])
+    try:
+        writer.write(columns)
+    finally:
+        writer.close(metadata)
