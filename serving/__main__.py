@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gc
 import logging
+import sys
 from typing import Any
 
 import uvicorn
@@ -25,6 +26,9 @@ def run(app: Any, settings: Settings) -> None:
     # the objects requests create (a full collection over numpy/onnxruntime's objects costs milliseconds).
     gc.collect()
     gc.freeze()
+    # The runtime and prediction-log threads hand the interpreter back to the event loop within 0.5 ms
+    # (default 5 ms: a request can wait that long behind a log slice).
+    sys.setswitchinterval(0.0005)
     uvicorn.run(app, **server_options(settings))
 
 

@@ -39,9 +39,9 @@ from serving.http import (
 from serving.metrics import CONTENT_TYPE, Metrics
 from serving.model import InputError, OnnxModel
 from serving.openapi import document
-from serving.predictor import Predictor
+from serving.predictor import LogTag, Predictor
 from serving.predlog import PredictionLog
-from serving.protocol import NUMERIC, OUTPUTS, Rows
+from serving.protocol import NUMERIC, OUTPUTS
 from serving.settings import Settings
 
 log = logging.getLogger("serving")
@@ -87,8 +87,7 @@ class ServingApp:
     async def predict(self, req: Request) -> Reply:
         p = self._serving()
         rows, request_id = p.protocol.records(req.body)
-        probs = await p.predict(rows)
-        self._log(p.model, rows, probs, request_id)
+        probs = await p.predict(rows, self._log_tag(request_id))
         return Reply(p.protocol.predict_response(probs), model_version=p.model.version)
 
     async def infer(self, req: Request) -> Reply:
@@ -101,8 +100,7 @@ class ServingApp:
         if header_length is not None and not header_length.isdigit():
             raise InputError("Inference-Header-Content-Length: not a number")
         request = p.protocol.infer(req.body, int(header_length) if header_length is not None else None)
-        probs = await p.predict(request.rows)
-        self._log(p.model, request.rows, probs, request.id)
+        probs = await p.predict(request.rows, self._log_tag(request.id))
         body, json_length = p.protocol.infer_response(request, probs)
         if json_length is None:
             return Reply(body, model_version=p.model.version)
@@ -138,7 +136,8 @@ class ServingApp:
     # --- plumbing ---------------------------------------------------------------------------------------
 
     def _predictor(self, model: OnnxModel) -> Predictor:
-        return Predictor(model, self.runtime, self.settings.max_batch_rows, self.metrics.batch)
+        return Predictor(model, self.runtime, self.settings.max_batch_rows, self.metrics.batch,
+                         self.predlog.record_batch if self.predlog else None)
 
     def _serving(self, params: dict[str, str] | None = None) -> Predictor:
         """The current predictor, checked against the model name and version in the path."""
@@ -153,9 +152,11 @@ class ServingApp:
                                f"(serving version {p.model.version})")
         return p
 
-    def _log(self, model: OnnxModel, rows: Rows, probs: Any, request_id: str | None) -> None:
-        if self.predlog is not None:
-            self.predlog.record(time.time(), model, rows, probs, request_id)
+    def _log_tag(self, request_id: str | None) -> LogTag | None:
+        """(time, id) when this request goes to the prediction log (sampled), else None."""
+        if self.predlog is not None and self.predlog.sampled():
+            return time.time(), request_id
+        return None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":

@@ -8,6 +8,7 @@ definition levels as one bit-packed run, PLAIN-encoded values.
 from __future__ import annotations
 
 import struct
+import time
 import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -31,10 +32,21 @@ _NUMPY = {"timestamp_us": "<i8", "float32": "<f4", "float64": "<f8", "int64": "<
 
 
 @dataclass(frozen=True)
+class Constant:
+    """The same value (or null) in every row: framed once, repeated."""
+
+    value: Any
+    count: int
+
+    def __len__(self) -> int:
+        return self.count
+
+
+@dataclass(frozen=True)
 class Column:
     name: str
     kind: str  # one of KINDS
-    values: Sequence[Any] | np.ndarray  # None is null; for float kinds NaN is null too
+    values: Sequence[Any] | np.ndarray | Constant  # None is null; for float kinds NaN is null too
 
 
 def _varint(n: int) -> bytes:
@@ -109,13 +121,23 @@ class _Struct:
 
 def _values(col: Column) -> tuple[np.ndarray, bytes]:
     """(defined mask, PLAIN encoding of the defined values). Float kinds: None and NaN are null."""
+    if isinstance(col.values, Constant):
+        if col.values.value is None:
+            return np.zeros(col.values.count, dtype=bool), b""
+        one = _frame(col.values.value) if col.kind == "string" else np.asarray([col.values.value],
+                                                                                 _NUMPY[col.kind]).tobytes()
+        return np.ones(col.values.count, dtype=bool), one * col.values.count
     if col.kind in ("float32", "float64"):
         floats = np.asarray(col.values, dtype=_NUMPY[col.kind])
         defined = ~np.isnan(floats)
         return defined, floats[defined].tobytes()
     if isinstance(col.values, np.ndarray) and col.kind != "string":
         return np.ones(len(col.values), dtype=bool), col.values.astype(_NUMPY[col.kind]).tobytes()
-    values = list(col.values)
+    if col.kind == "string" and isinstance(col.values, np.ndarray) and col.values.dtype.kind == "U":
+        fixed = _frame_fixed(col.values)
+        if fixed is not None:
+            return np.ones(len(col.values), dtype=bool), fixed
+    values = col.values.tolist() if isinstance(col.values, np.ndarray) else list(col.values)
     if None in values:
         defined = np.fromiter((v is not None for v in values), dtype=bool, count=len(values))
         values = [v for v in values if v is not None]
@@ -125,6 +147,20 @@ def _values(col: Column) -> tuple[np.ndarray, bytes]:
         framed: dict[Any, bytes] = {}
         return defined, b"".join([framed.get(v) or framed.setdefault(v, _frame(v)) for v in values])
     return defined, np.asarray(values, dtype=_NUMPY[col.kind]).tobytes()
+
+
+def _frame_fixed(strings: np.ndarray) -> bytes | None:
+    """PLAIN framing without a Python loop, when every string is ASCII of one length (codes like "JFK")."""
+    width = strings.dtype.itemsize // 4
+    if not len(strings) or not (np.char.str_len(strings) == width).all():
+        return None
+    try:
+        data = strings.astype(f"S{width}")
+    except UnicodeEncodeError:
+        return None
+    cells = np.empty(len(strings), dtype=np.dtype([("n", "<u4"), ("s", f"S{width}")]))
+    cells["n"], cells["s"] = width, data
+    return cells.tobytes()
 
 
 def _frame(value: str | bytes) -> bytes:
@@ -186,11 +222,12 @@ class ParquetWriter:
             self._file.write(page)
             self._offset += len(page)
             total += uncompressed
+            time.sleep(0)  # a writer thread gives the interpreter back between columns
         self._groups.append(_Struct().list(1, _T_STRUCT, chunks).i64(2, total).i64(3, rows))
         self.rows += rows
 
     def close(self, metadata: dict[str, str] | None = None) -> None:
-        columns = [Column(name, kind, ()) for name, kind in self.schema]
+        columns = [Column(name, kind, Constant(None, 0)) for name, kind in self.schema]
         root = _Struct().binary(4, "schema").i32(5, len(columns))
         footer = _Struct().i32(1, 1).list(2, _T_STRUCT, [root, *map(_schema_element, columns)]).i64(3, self.rows)
         footer.list(4, _T_STRUCT, self._groups)

@@ -30,28 +30,37 @@ INLINE_ROWS = 256
 class _Job:
     rows: Rows
     future: asyncio.Future[np.ndarray]
+    log: LogTag | None  # (time, request id) when this request is to be logged
+
+
+LogTag = tuple[float, str | None]
+# (model, the call's feeds, its probabilities, per request: (rows, its log tag or None)), on the event loop thread
+_Ran = tuple[dict[str, np.ndarray] | None, np.ndarray, list[np.ndarray | Exception]]
+BatchLogger = Callable[[OnnxModel, dict[str, np.ndarray], np.ndarray, list[tuple[int, LogTag | None]]], None]
 
 
 class Predictor:
     """Owns a model: decode requests for it, predict them in merged runtime calls."""
 
     def __init__(self, model: OnnxModel, executor: Executor | None = None, max_batch_rows: int = 4096,
-                 on_batch: Callable[[int, int], None] | None = None) -> None:
+                 on_batch: Callable[[int, int], None] | None = None, log_batch: BatchLogger | None = None) -> None:
         self.model = model
         self.protocol = Protocol(model)
         self._executor = executor  # None: run on the event loop thread
         self._max_rows = max_batch_rows
         self._on_batch = on_batch or (lambda rows, requests: None)
+        self._log_batch = log_batch
         self._queue: deque[_Job] = deque()
         self._drainer: asyncio.Task[None] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
 
-    async def predict(self, rows: Rows) -> np.ndarray:
-        """Probabilities for `rows`, computed in the next runtime call together with concurrent requests."""
+    async def predict(self, rows: Rows, log: LogTag | None = None) -> np.ndarray:
+        """Probabilities for `rows`, computed in the next runtime call together with concurrent requests;
+        with `log`, the rows go to the prediction log too, straight from the call's input arrays."""
         loop = self._loop
         if loop is None or loop.is_closed():  # asyncio.get_running_loop() costs a getpid() syscall per call
             loop = self._loop = asyncio.get_running_loop()
-        job = _Job(rows, loop.create_future())
+        job = _Job(rows, loop.create_future(), log)
         self._queue.append(job)
         if self._drainer is None:
             self._drainer = loop.create_task(self._drain())
@@ -69,10 +78,12 @@ class Predictor:
             while self._queue:
                 jobs = self._take()
                 if self._executor is None or sum(j.rows.count for j in jobs) < INLINE_ROWS:
-                    results = self._run(jobs)
+                    feeds, probs, results = self._run(jobs)
                 else:
-                    results = await loop.run_in_executor(self._executor, self._run, jobs)
+                    feeds, probs, results = await loop.run_in_executor(self._executor, self._run, jobs)
                 self._on_batch(sum(len(r) for r in results if not isinstance(r, Exception)), len(jobs))
+                if self._log_batch is not None and feeds is not None and any(j.log for j in jobs):
+                    self._log_batch(self.model, feeds, probs, [(j.rows.count, j.log) for j in jobs])
                 for job, result in zip(jobs, results, strict=True):
                     if job.future.done():  # the caller went away
                         continue
@@ -92,17 +103,21 @@ class Predictor:
             rows += job.rows.count
         return jobs
 
-    def _run(self, jobs: list[_Job]) -> list[np.ndarray | Exception]:
+    def _run(self, jobs: list[_Job]) -> _Ran:
+        """(feeds, probabilities, per request its slice or error); feeds None when requests ran one by one."""
         try:
-            probs = self.model.predict_columns(assemble(self.model.features, [j.rows for j in jobs]))
+            feeds = assemble(self.model.features, [j.rows for j in jobs])
+            probs = self.model.predict_columns(feeds)
         except Exception as exc:  # noqa: BLE001 - isolate the request that broke the call
-            return [exc] if len(jobs) == 1 else [r for j in jobs for r in self._run([j])]
+            alone: list[np.ndarray | Exception] = [exc] if len(jobs) == 1 else [
+                r for j in jobs for r in self._run([j])[2]]
+            return None, np.empty(0, np.float32), alone
         out: list[np.ndarray | Exception] = []
         start = 0
         for job in jobs:
             out.append(probs[start:start + job.rows.count])
             start += job.rows.count
-        return out
+        return feeds, probs, out
 
 
 def assemble(features: list[Feature], parts: list[Rows]) -> dict[str, np.ndarray]:

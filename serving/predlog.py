@@ -1,8 +1,10 @@
 """The prediction log: sampled requests' inputs, outputs, model version and time, as hourly Parquet files.
 
-The request path only appends a reference to a queue. A background thread drains it every second into
-a row group of the hour's open file (small slices keep it from holding the interpreter for long), and
-every `flush_seconds`, at the turn of the hour and at shutdown closes the file:
+The request path only draws the sample; after each runtime call, the call's input arrays and
+probabilities are queued by reference (no per-row work on the event loop). A background thread drains
+the queue every quarter second into a row group of the hour's open file (short slices, yielding often,
+so the event loop never waits long behind it), and closes the file every `flush_seconds`, at the turn
+of the hour and at shutdown:
 `<root>/dt=YYYY-MM-DD/hr=HH/part-*.parquet` (UTC, Hive-style partitions). Open files have a dot name
 and are renamed when complete, so readers never see half a file. The production monitoring DAG reads
 the directory as one dataset.
@@ -16,7 +18,6 @@ import threading
 import time
 import uuid
 from collections import deque
-from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from itertools import chain
@@ -27,22 +28,28 @@ import numpy as np
 
 from serving.metrics import Metrics
 from serving.model import OnnxModel
-from serving.parquet import Column, ParquetWriter
-from serving.protocol import Rows
+from serving.parquet import Column, Constant, ParquetWriter
+from serving.predictor import LogTag
 
 log = logging.getLogger("serving.predlog")
 # Columns of every file besides the features; a feature with one of these names is stored as feature_<name>.
 RESERVED = ("ts", "model_name", "model_version", "request_id", "probability", "label", "dt", "hr")
-SLICE_SECONDS = 1.0
+SLICE_SECONDS = 0.25  # short slices: the event loop never waits long behind the writer
 
 
 @dataclass(slots=True)
 class _Entry:
-    at: float  # epoch seconds
+    """One runtime call: its feeds and probabilities, and per request (rows, (time, id) or None: not sampled)."""
+
     model: OnnxModel
-    request_id: str | None
-    rows: Rows
+    feeds: dict[str, np.ndarray]
     probs: np.ndarray
+    spans: list[tuple[int, LogTag | None]]
+    rows: int  # sampled rows
+
+    @property
+    def at(self) -> float:
+        return next(tag[0] for _, tag in self.spans if tag)
 
 
 @dataclass
@@ -68,15 +75,19 @@ class PredictionLog:
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="prediction-log", daemon=True)
 
-    def record(self, at: float, model: OnnxModel, rows: Rows, probs: np.ndarray, request_id: str | None) -> None:
-        """Called on the request path: a sampling draw and an append, nothing else."""
-        if self._sample < 1.0 and random.random() >= self._sample:  # noqa: S311 - sampling, not security
+    def sampled(self) -> bool:
+        """Called per request: whether this one goes to the log."""
+        return self._sample >= 1.0 or random.random() < self._sample  # noqa: S311 - sampling, not security
+
+    def record_batch(self, model: OnnxModel, feeds: dict[str, np.ndarray], probs: np.ndarray,
+                     spans: list[tuple[int, LogTag | None]]) -> None:
+        """Called after a runtime call on the event loop thread: one append, the work is the writer's."""
+        rows = sum(n for n, tag in spans if tag)
+        if self._queued - self._taken + rows > self._max_pending:
+            self._metrics.log_dropped += rows
             return
-        if self._queued - self._taken >= self._max_pending:
-            self._metrics.log_dropped += rows.count
-            return
-        self._queued += rows.count
-        self._queue.append(_Entry(at, model, request_id, rows, probs))
+        self._queued += rows
+        self._queue.append(_Entry(model, feeds, probs, spans, rows))
 
     def start(self) -> None:
         self.root.mkdir(parents=True, exist_ok=True)
@@ -106,12 +117,12 @@ class PredictionLog:
         entries = []
         while self._queue:
             entries.append(self._queue.popleft())
-        self._taken += sum(e.rows.count for e in entries)
+        self._taken += sum(e.rows for e in entries)
         groups: dict[tuple[int, int], list[_Entry]] = {}
         for e in entries:  # by hour since the epoch and model object (one version, one feature schema)
             groups.setdefault((int(e.at // 3600), id(e.model)), []).append(e)
         for key, group in groups.items():
-            rows = sum(e.rows.count for e in group)
+            rows = sum(e.rows for e in group)
             try:
                 self._file(key, group[0]).writer.write(_columns(group))
             except OSError as exc:
@@ -145,36 +156,46 @@ class PredictionLog:
 
 def _columns(group: list[_Entry]) -> list[Column]:
     model = group[0].model
-    counts = [e.rows.count for e in group]
-    rows = sum(counts)
-    probs = np.concatenate([e.probs for e in group]).astype(np.float32)
-    single = all(c == 1 for c in counts)  # the common case: no repetition needed
+    parts = []
+    for i, e in enumerate(group):
+        parts.append(_sampled(e))
+        if i % 32 == 31:
+            time.sleep(0)  # let the event loop run: a slice is many small steps, never one long one
+    rows = sum(len(p[1]) for p in parts)
+    probs = np.concatenate([p[1] for p in parts]).astype(np.float32)
+    ids = [p[3] for p in parts]
+    if ids.count(ids[0]) == len(ids) and not isinstance(ids[0], list):  # one id (or none) for all rows
+        request_ids: Any = Constant(ids[0], rows)
+    else:
+        request_ids = list(chain.from_iterable(i if isinstance(i, list) else [i] * len(p[1])
+                                               for i, p in zip(ids, parts, strict=True)))
     columns = [
-        Column("ts", "timestamp_us", np.repeat((np.array([e.at for e in group]) * 1_000_000).astype(np.int64),
-                                               counts)),
-        Column("model_name", "string", [model.name] * rows),
-        Column("model_version", "string", [model.version] * rows),
-        Column("request_id", "string", [e.request_id for e in group] if single
-               else list(_repeat([e.request_id for e in group], counts))),
+        Column("ts", "timestamp_us", (np.concatenate([p[2] for p in parts]) * 1_000_000).astype(np.int64)),
+        Column("model_name", "string", Constant(model.name, rows)),
+        Column("model_version", "string", Constant(model.version, rows)),
+        Column("request_id", "string", request_ids),
     ]
-    for f, values in zip(model.features, _feature_values(group), strict=True):
+    for f in model.features:
         name = f"feature_{f.name}" if f.name in RESERVED else f.name
-        if f.kind == "numeric":
-            columns.append(Column(name, "float32", np.array(values, dtype=np.float32)))
-        else:
-            columns.append(Column(name, "string", values))
+        values = np.concatenate([p[0][f.name] for p in parts])
+        columns.append(Column(name, "float32" if f.kind == "numeric" else "string", values))
     columns.append(Column("probability", "float32", probs))
     columns.append(Column("label", "int64", (probs >= model.threshold).astype(np.int64)))
     return columns
 
 
-def _feature_values(group: list[_Entry]) -> list[Sequence[Any]]:
-    """One sequence per feature over all rows of the group (one transposition when all came as records)."""
-    if all(e.rows.records is not None for e in group):
-        return list(zip(*chain.from_iterable(e.rows.records or [] for e in group), strict=True))
-    per_entry = [e.rows.feature_columns() for e in group]
-    return [list(chain.from_iterable(c[i] for c in per_entry)) for i in range(len(per_entry[0]))]
-
-
-def _repeat(values: list[Any], counts: list[int]) -> chain[Any]:
-    return chain.from_iterable([v] * n for v, n in zip(values, counts, strict=True))
+def _sampled(e: _Entry) -> tuple[dict[str, np.ndarray], np.ndarray, np.ndarray, str | None | list[str | None]]:
+    """(feeds, probabilities, per-row times, request ids) of the entry's sampled requests; the ids are one
+    value when all sampled rows share it (the common case: none), else one per row."""
+    tags = [tag for _, tag in e.spans if tag]
+    ids: str | None | list[str | None] = tags[0][1]
+    if any(tag[1] != ids for tag in tags):
+        ids = list(chain.from_iterable([tag[1]] * n for n, tag in e.spans if tag))
+    if len(tags) == len(e.spans):
+        if len(e.probs) == len(tags):  # one row per request
+            return e.feeds, e.probs, np.array([tag[0] for tag in tags]), ids
+        return e.feeds, e.probs, np.repeat([tag[0] for tag in tags], [n for n, _ in e.spans]), ids
+    counts = [n for n, _ in e.spans]
+    keep = np.repeat([tag is not None for _, tag in e.spans], counts)
+    at = np.repeat([tag[0] if tag else 0.0 for _, tag in e.spans], counts)[keep]
+    return {k: v[keep] for k, v in e.feeds.items()}, e.probs[keep], at, ids

@@ -9,11 +9,8 @@ of Triton's Python client).
 
 from __future__ import annotations
 
-import contextlib
-import json
 import math
 import re
-import struct
 from collections.abc import Sequence
 from dataclasses import dataclass
 from itertools import chain
@@ -22,16 +19,15 @@ from typing import Annotated, Any
 import msgspec
 import numpy as np
 
+from serving import binary, messages
+from serving.binary import NUMERIC
 from serving.model import Feature, InputError, OnnxModel
 
 FLT_MAX = float(np.finfo(np.float32).max)
 F32 = Annotated[float, msgspec.Meta(ge=-FLT_MAX, le=FLT_MAX)]  # what an FP32 input can hold: no inf, no NaN
 I64 = Annotated[int, msgspec.Meta(ge=-(2**63), le=2**63 - 1)]
-NUMERIC = {"FP16": "<f2", "FP32": "<f4", "FP64": "<f8", "INT8": "i1", "INT16": "<i2", "INT32": "<i4",
-           "INT64": "<i8", "UINT8": "u1", "UINT16": "<u2", "UINT32": "<u4", "UINT64": "<u8"}
 OUTPUTS = {"probability": "FP32", "label": "INT64"}
 _JSON_ELEMENT: dict[str, Any] = {"float": F32 | None, "int": I64 | None, "BYTES": str | None}
-_AT = re.compile(r"^(.*?)(?: - at `\$(.*)`)?$", re.DOTALL)
 _encode = msgspec.json.Encoder().encode
 Values = Sequence[Any] | np.ndarray  # one feature's values: a list from JSON, an array from binary data
 
@@ -107,7 +103,7 @@ class Protocol:
         except msgspec.ValidationError as exc:
             raise InputError(self._explain(exc, 'expected {"records": [{feature: value, ...}, ...]}')) from None
         except msgspec.DecodeError as exc:
-            raise _malformed(body, exc) from None
+            raise messages.malformed(body, exc) from None
         if not req.records:
             raise InputError("records: at least one record is required")
         return Rows(len(req.records), records=list(map(msgspec.structs.astuple, req.records))), req.id
@@ -137,7 +133,7 @@ class Protocol:
             raise InputError(self._explain(exc, 'expected {"inputs": [{"name", "shape", "datatype", "data"}]}')) \
                 from None
         except msgspec.DecodeError as exc:
-            raise _malformed(head, exc) from None
+            raise messages.malformed(head, exc) from None
         if not req.inputs:
             raise InputError("inputs: at least one input tensor is required")
         payloads = _payloads(req.inputs, binary)
@@ -151,9 +147,9 @@ class Protocol:
         """The body, and the JSON header's length when binary outputs follow it."""
         values = {"probability": probs, "label": (probs >= self.model.threshold).astype(np.int64)}
         outputs, blobs = [], []
-        for name, binary in req.outputs:
+        for name, as_binary in req.outputs:
             out: dict[str, Any] = {"name": name, "datatype": OUTPUTS[name], "shape": [len(probs)]}
-            if binary:
+            if as_binary:
                 blob = values[name].astype(NUMERIC[OUTPUTS[name]]).tobytes()
                 out["parameters"] = {"binary_data_size": len(blob)}
                 blobs.append(blob)
@@ -199,8 +195,8 @@ class Protocol:
             raise InputError(f"{where}: shape {t.shape}, expected [N] or [N, 1]")
         count = t.shape[0]
         if isinstance(payload, bytes):
-            values: Values = (_bytes_elements(payload, count, where) if t.datatype == "BYTES"
-                              else _binary_numbers(payload, t.datatype, count, where))
+            values: Values = (binary.strings(payload, count, where) if t.datatype == "BYTES"
+                              else binary.numbers(payload, t.datatype, count, where))
         else:
             values = self._json_column(payload, t.datatype, where)
         if len(values) != count:
@@ -213,7 +209,7 @@ class Protocol:
         try:
             values = self._columns[(kind, nested)].decode(raw)
         except msgspec.ValidationError as exc:
-            raise InputError(f"{where}.data{_path_and_message(exc, datatype)}") from None
+            raise InputError(f"{where}.data{messages.path_and_message(exc, datatype)}") from None
         return list(chain.from_iterable(values)) if nested else values
 
     def _row_major(self, t: _Tensor, payload: msgspec.Raw | bytes) -> Rows:
@@ -226,8 +222,8 @@ class Protocol:
             raise InputError(f"{where}: datatype {t.datatype}; a row-major tensor of mixed features is BYTES")
         count = t.shape[0]
         if isinstance(payload, bytes):
-            flat: list[Any] = list(_bytes_elements(payload, count * width, where) if t.datatype == "BYTES"
-                                   else _binary_numbers(payload, t.datatype, count * width, where))
+            flat: list[Any] = list(binary.strings(payload, count * width, where) if t.datatype == "BYTES"
+                                   else binary.numbers(payload, t.datatype, count * width, where))
             columns = [flat[i::width] for i in range(width)]
         elif _is_nested(payload):
             try:
@@ -238,7 +234,7 @@ class Protocol:
             try:
                 flat = self._rows_flat.decode(payload)
             except msgspec.ValidationError as exc:
-                raise InputError(f"{where}.data{_path_and_message(exc, t.datatype)}") from None
+                raise InputError(f"{where}.data{messages.path_and_message(exc, t.datatype)}") from None
             if len(flat) != count * width:
                 raise InputError(f"{where}: shape {t.shape} says {count * width} values, data has {len(flat)}")
             columns = [flat[i::width] for i in range(width)]
@@ -249,7 +245,7 @@ class Protocol:
                                     for i, (f, col) in enumerate(zip(self.features, columns, strict=True))])
 
     def _row_major_path(self, exc: msgspec.ValidationError) -> str:
-        message, path = _split(exc)
+        message, path = messages.split(exc)
         m = re.match(r"\[(\d+)\]\[(\d+)\]", path)
         if m and int(m.group(2)) < len(self.features):
             return f"[{m.group(1)}][{m.group(2)}] (`{self.features[int(m.group(2))].name}`): {message}"
@@ -265,7 +261,7 @@ class Protocol:
         return [(o.name, bool((o.parameters or {}).get("binary_data", binary))) for o in req.outputs]
 
     def _explain(self, exc: msgspec.ValidationError, expected: str) -> str:
-        message, path = _split(exc)
+        message, path = messages.split(exc)
         if not path:
             return f"body: {message}; {expected}"
         field = re.search(r"field `(.+)`$", message)
@@ -274,18 +270,6 @@ class Protocol:
         if field and path.startswith("records[") and message.startswith("object contains unknown field"):
             return f"{path}: unknown feature `{field.group(1)}` (features: {', '.join(self.index)})"
         return f"{path}: {message}"
-
-
-def _split(exc: msgspec.ValidationError) -> tuple[str, str]:
-    """msgspec's "Expected `int`, got `str` - at `$.records[0].x`" -> ("expected `int`, got `str`", "records[0].x")."""
-    m = _AT.match(str(exc))
-    message, path = (m.group(1), m.group(2) or "") if m else (str(exc), "")
-    return message[:1].lower() + message[1:], path.lstrip(".")
-
-
-def _path_and_message(exc: msgspec.ValidationError, datatype: str) -> str:
-    message, path = _split(exc)
-    return f"{path}: {message} ({datatype} tensor)"
 
 
 def _is_nested(raw: msgspec.Raw) -> bool:
@@ -311,48 +295,6 @@ def _payloads(tensors: list[_Tensor], binary: bytes) -> list[msgspec.Raw | bytes
         offset += size
     if offset != len(binary):
         raise InputError(f"body: {len(binary) - offset} bytes of binary data belong to no input")
-    return out
-
-
-def _binary_numbers(blob: bytes, datatype: str, count: int, where: str) -> np.ndarray:
-    """Raw little-endian numbers as float32; NaN is how binary data says "missing", infinity is refused."""
-    if datatype not in NUMERIC:
-        raise InputError(f"{where}: datatype {datatype} is not numeric")
-    dtype = np.dtype(NUMERIC[datatype])
-    if len(blob) != count * dtype.itemsize:
-        raise InputError(f"{where}: {len(blob)} binary bytes, but {count} {datatype} values take "
-                         f"{count * dtype.itemsize}")
-    values = np.frombuffer(blob, dtype).astype(np.float32, copy=False)
-    # One float64 sum is finite exactly when no value is infinite or NaN; only then look closer.
-    if not math.isfinite(values.sum(dtype=np.float64)) and np.isinf(values).any():
-        raise InputError(f"{where}[{int(np.flatnonzero(np.isinf(values))[0])}]: infinite or out of FP32 range")
-    return values
-
-
-def _bytes_elements(blob: bytes, count: int, where: str) -> Values:
-    """BYTES in binary form: each element a 4-byte little-endian length, then that many UTF-8 bytes."""
-    if count and len(blob) >= 4:
-        width = struct.unpack_from("<I", blob)[0]
-        if len(blob) == count * (4 + width):  # all one length (codes like "JFK"): split in numpy, not a loop
-            cells = np.frombuffer(blob, dtype=np.dtype([("n", "<u4"), ("s", f"S{width}")]))
-            if (cells["n"] == width).all():
-                with contextlib.suppress(UnicodeDecodeError):  # ASCII only; other text takes the loop below
-                    return cells["s"].astype(f"U{max(width, 1)}")  # onnxruntime takes unicode arrays as they are
-    out: list[str] = []
-    pos = 0
-    try:
-        for _ in range(count):
-            (n,) = struct.unpack_from("<I", blob, pos)
-            if pos + 4 + n > len(blob):
-                raise InputError(f"{where}[{len(out)}]: element runs past the binary data")
-            out.append(blob[pos + 4:pos + 4 + n].decode())
-            pos += 4 + n
-    except struct.error:
-        raise InputError(f"{where}: binary data ends after {len(out)} of {count} BYTES elements") from None
-    except UnicodeDecodeError:
-        raise InputError(f"{where}[{len(out)}]: not UTF-8") from None
-    if pos != len(blob):
-        raise InputError(f"{where}: {len(blob) - pos} binary bytes after {count} BYTES elements")
     return out
 
 
@@ -383,31 +325,3 @@ def _number_text(text: str, where: str) -> float | None:
     return value
 
 
-def _malformed(body: bytes, exc: msgspec.DecodeError) -> InputError:
-    """Not JSON. If only NaN/Infinity made it so, say where: the stdlib parser accepts them."""
-    try:
-        doc = json.loads(body)
-    except ValueError:
-        return InputError(f"body: not valid JSON ({exc})")
-    path = _non_finite(doc, "")
-    if path is not None:
-        return InputError(f"{path or 'body'}: NaN and Infinity are not JSON numbers; send null for a missing value")
-    return InputError(f"body: not valid JSON ({exc})")
-
-
-def _non_finite(doc: Any, path: str) -> str | None:
-    if isinstance(doc, float):
-        return None if math.isfinite(doc) else path
-    if isinstance(doc, dict):
-        if path.startswith("inputs[") and isinstance(doc.get("name"), str):
-            path = f"inputs.{doc['name']}"  # name the tensor, not its position
-        items = [(f"{path}.{k}" if path else str(k), v) for k, v in doc.items()]
-    elif isinstance(doc, list):
-        items = [(f"{path}[{i}]", v) for i, v in enumerate(doc)]
-    else:
-        return None
-    for sub, value in items:
-        found = _non_finite(value, sub)
-        if found is not None:
-            return found
-    return None

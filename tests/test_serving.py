@@ -349,38 +349,40 @@ def test_a_failing_runtime_call_fails_only_the_request_that_broke_it(onnx_bytes)
 
 def test_prediction_log_writes_hourly_parquet_that_reads_back(tmp_path, onnx_bytes):
     model = OnnxModel(onnx_bytes, "flights_delay", "7")
-    protocol = Predictor(model).protocol
     metrics = Metrics()
     plog = PredictionLog(tmp_path, sample=1.0, flush_seconds=3600, metrics=metrics)
-    rows, _ = protocol.records(json.dumps({"records": [RECORD, {**RECORD, "distance": None}]}).encode())
-    tensor_rows = protocol.infer(json.dumps({"inputs": _tensors([RECORD])}).encode()).rows
+    predictor = Predictor(model, None, log_batch=plog.record_batch)
+    records, _ = predictor.protocol.records(json.dumps({"records": [RECORD, {**RECORD, "distance": None}]}).encode())
+    tensors = predictor.protocol.infer(json.dumps({"inputs": _tensors([RECORD])}).encode()).rows
     ten = datetime(2024, 5, 1, 10, 59, tzinfo=UTC).timestamp()
     eleven = datetime(2024, 5, 1, 11, 0, tzinfo=UTC).timestamp()
-    plog.record(ten, model, rows, np.array([0.25, 0.75], np.float32), "req-1")
-    plog.record(eleven, model, tensor_rows, np.array([0.5], np.float32), None)
+
+    async def one_call(*requests):  # concurrent: merged into one runtime call
+        return await asyncio.gather(*(predictor.predict(rows, tag) for rows, tag in requests))
+
+    first, unlogged = asyncio.run(one_call((records, (ten, "req-1")), (tensors, None)))
+    [second] = asyncio.run(one_call((tensors, (eleven, None))))
     files = plog.flush()
     assert sorted(p.parent.relative_to(tmp_path).as_posix() for p in files) == [
         "dt=2024-05-01/hr=10", "dt=2024-05-01/hr=11"]
     table = ds.dataset(tmp_path, format="parquet", partitioning="hive").to_table().sort_by("ts")
     got = table.to_pylist()
-    assert [r["distance"] for r in got] == [1000.0, None, 1000.0]
-    assert [r["probability"] for r in got] == [0.25, 0.75, 0.5] and [r["label"] for r in got] == [0, 1, 1]
+    assert [r["distance"] for r in got] == [1000.0, None, 1000.0]  # the unsampled request is not there
+    assert [r["probability"] for r in got] == pytest.approx([*first.tolist(), *second.tolist()])
+    assert [r["label"] for r in got] == [int(p >= 0.5) for p in [*first.tolist(), *second.tolist()]]
     assert [r["request_id"] for r in got] == ["req-1", "req-1", None]
     assert {r["model_version"] for r in got} == {"7"} and [r["hr"] for r in got] == [10, 10, 11]
-    assert got[0]["ts"] == datetime(2024, 5, 1, 10, 59, tzinfo=UTC)
+    assert [r["ts"] for r in got] == [datetime(2024, 5, 1, 10, 59, tzinfo=UTC)] * 2 + [
+        datetime(2024, 5, 1, 11, 0, tzinfo=UTC)]
     assert metrics.log_rows == 3 and metrics.log_files == 2
     assert pq.read_metadata(files[0]).metadata[b"model_version"] == b"7"
 
 
-def test_prediction_log_samples(tmp_path, onnx_bytes):
-    model = OnnxModel(onnx_bytes, "flights_delay", "7")
-    rows, _ = Predictor(model).protocol.records(json.dumps({"records": [RECORD]}).encode())
+def test_prediction_log_samples_requests(tmp_path):
     plog = PredictionLog(tmp_path, sample=0.25, flush_seconds=3600, metrics=Metrics())
     random.seed(3)
-    for _ in range(2000):
-        plog.record(0.0, model, rows, np.array([0.5], np.float32), None)
-    plog.flush()
-    assert 400 < pq.read_table(next(tmp_path.rglob("*.parquet"))).num_rows < 600
+    assert 400 < sum(plog.sampled() for _ in range(2000)) < 600
+    assert all(PredictionLog(tmp_path, 1.0, 3600, Metrics()).sampled() for _ in range(100))
 
 
 def test_parquet_writer_round_trips_through_pyarrow(tmp_path):

@@ -1,0 +1,56 @@
+"""The binary tensor data extension of OIP v2 (Triton's): raw little-endian numbers, length-prefixed strings."""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import struct
+
+import numpy as np
+
+from serving.model import InputError
+
+NUMERIC = {"FP16": "<f2", "FP32": "<f4", "FP64": "<f8", "INT8": "i1", "INT16": "<i2", "INT32": "<i4",
+           "INT64": "<i8", "UINT8": "u1", "UINT16": "<u2", "UINT32": "<u4", "UINT64": "<u8"}
+
+
+def numbers(blob: bytes, datatype: str, count: int, where: str) -> np.ndarray:
+    """Raw little-endian numbers as float32; NaN is how binary data says "missing", infinity is refused."""
+    if datatype not in NUMERIC:
+        raise InputError(f"{where}: datatype {datatype} is not numeric")
+    dtype = np.dtype(NUMERIC[datatype])
+    if len(blob) != count * dtype.itemsize:
+        raise InputError(f"{where}: {len(blob)} binary bytes, but {count} {datatype} values take "
+                         f"{count * dtype.itemsize}")
+    values = np.frombuffer(blob, dtype).astype(np.float32, copy=False)
+    # One float64 sum is finite exactly when no value is infinite or NaN; only then look closer.
+    if not math.isfinite(values.sum(dtype=np.float64)) and np.isinf(values).any():
+        raise InputError(f"{where}[{int(np.flatnonzero(np.isinf(values))[0])}]: infinite or out of FP32 range")
+    return values
+
+
+def strings(blob: bytes, count: int, where: str) -> list[str] | np.ndarray:
+    """BYTES in binary form: each element a 4-byte little-endian length, then that many UTF-8 bytes."""
+    if count and len(blob) >= 4:
+        width = struct.unpack_from("<I", blob)[0]
+        if len(blob) == count * (4 + width):  # all one length (codes like "JFK"): split in numpy, not a loop
+            cells = np.frombuffer(blob, dtype=np.dtype([("n", "<u4"), ("s", f"S{width}")]))
+            if (cells["n"] == width).all():
+                with contextlib.suppress(UnicodeDecodeError):  # ASCII only; other text takes the loop below
+                    return cells["s"].astype(f"U{max(width, 1)}")  # onnxruntime takes unicode arrays as they are
+    out: list[str] = []
+    pos = 0
+    try:
+        for _ in range(count):
+            (n,) = struct.unpack_from("<I", blob, pos)
+            if pos + 4 + n > len(blob):
+                raise InputError(f"{where}[{len(out)}]: element runs past the binary data")
+            out.append(blob[pos + 4:pos + 4 + n].decode())
+            pos += 4 + n
+    except struct.error:
+        raise InputError(f"{where}: binary data ends after {len(out)} of {count} BYTES elements") from None
+    except UnicodeDecodeError:
+        raise InputError(f"{where}[{len(out)}]: not UTF-8") from None
+    if pos != len(blob):
+        raise InputError(f"{where}: {len(blob) - pos} binary bytes after {count} BYTES elements")
+    return out
