@@ -25,6 +25,7 @@ URL_PREFIX = "/drift-reports"
 # A leading dot is refused too: that excludes '.', '..' and the writer's hidden temp folders.
 REPORT_ID = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9_.-]{0,254}")
 TOP_COLUMNS = 3
+VERDICT_FILE = "verdict.json"  # tasks.gate.VERDICT_FILE: the gate's verdict, in the run's report folder
 REPORT_HEADERS = {
     # The report runs Evidently's inline JS on Airflow's origin; the CSP sandbox gives it an opaque
     # origin, so it cannot call Airflow's API with the user's cookie. It needs no storage or cookies.
@@ -40,6 +41,7 @@ class ReportEntry:
     report_id: str
     when: datetime
     summary: dict[str, Any]
+    verdict: dict[str, Any] | None = None  # the promotion gate's verdict for the same run, once it exists
 
 
 def reports_root() -> Path:
@@ -105,19 +107,25 @@ def _when(summary: dict[str, Any], path: Path) -> datetime:
         return datetime.fromtimestamp(path.stat().st_mtime, tz=UTC)
 
 
+def _read_json(path: Path | None) -> dict[str, Any] | None:
+    if path is None:
+        return None
+    try:
+        doc = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None  # vanished or half-written: writers rename complete files into place, so rare
+    return doc if isinstance(doc, dict) else None
+
+
 def list_reports(root: Path) -> list[ReportEntry]:
-    """Readable `*/summary.json` under root, newest first (run date, then id for ties)."""
+    """Readable `*/summary.json` under root with the run's gate verdict, newest first (run date, then id)."""
     entries = []
     for path in root.glob("*/summary.json") if root.is_dir() else []:
         report_id = path.parent.name
-        if resolve_report_file(root, report_id, "summary.json") is None:
-            continue
-        try:
-            summary = json.loads(path.read_text(encoding="utf-8"))
-            if isinstance(summary, dict):
-                entries.append(ReportEntry(report_id, _when(summary, path), summary))
-        except (OSError, ValueError):
-            continue  # vanished or half-written: the writer puts the summary last, so rare
+        summary = _read_json(resolve_report_file(root, report_id, "summary.json"))
+        if summary is not None:
+            verdict = _read_json(resolve_report_file(root, report_id, VERDICT_FILE))
+            entries.append(ReportEntry(report_id, _when(summary, path), summary, verdict))
     return sorted(entries, key=lambda e: (e.when, e.report_id), reverse=True)
 
 
@@ -152,9 +160,34 @@ STYLE = (
     "td,th{border-bottom:1px solid #ccc;padding:.4rem .6rem;text-align:left;vertical-align:top}"
     "th{background:#f4f4f4}.status{font-weight:600;white-space:nowrap}.drift{color:#b00020}"
     ".warning{color:#9a6700}.ok{color:#1b5e20}.words{display:block;min-width:24rem;max-width:40rem}.muted{color:#666}"
-    ".nowrap{white-space:nowrap}"
+    ".nowrap{white-space:nowrap}.reasons{margin:.2rem 0;padding-left:1.1rem;max-width:28rem}"
 )
 STATUS_WORDS = {"drift": "drifted", "warning": "some drift", "ok": "no drift"}
+# tasks.gate statuses in words, and the colour each gets
+GATE_WORDS = {"passed": ("passed", "ok"), "rejected": ("rejected", "drift"), "overridden": ("overridden", "warning"),
+              "dry_run_passed": ("dry run: would pass", "muted"), "dry_run_rejected": ("dry run: would fail", "muted")}
+
+
+def _fmt_gate(verdict: dict[str, Any] | None, link: str) -> str:
+    """The gate's verdict in a word, what happened to the candidate, and the failed rules' sentences."""
+    esc = html.escape
+    if verdict is None:
+        return '<span class="muted">no verdict</span>'
+    status = str(verdict.get("status", "?"))
+    word, css = GATE_WORDS.get(status, (status, "muted"))
+    candidate = verdict.get("candidate", "?")
+    moved = "promoted" if verdict.get("promote") else "not promoted"
+    rules = verdict.get("rules") if isinstance(verdict.get("rules"), list) else []
+    failed = [r for r in rules if isinstance(r, dict) and not r.get("passed")]
+    reasons = "".join(f"<li>{esc(str(r.get('rule', '?')))}: {esc(str(r.get('reason', '')))}</li>" for r in failed)
+    extra = [esc(str(verdict["reason"]))] if verdict.get("reason") else []
+    if verdict.get("justification"):
+        extra.append(f"justification: {esc(str(verdict['justification']))}"
+                     + (f" ({esc(str(verdict['user']))})" if verdict.get("user") else ""))
+    return (f"<span class=\"status {css}\">{esc(word)}</span> <span class=\"nowrap\">v{esc(str(candidate))} "
+            f"{moved}</span>" + (f"<ul class=\"reasons\">{reasons}</ul>" if reasons else "")
+            + "".join(f"<div class=\"muted\">{e}</div>" for e in extra)
+            + f" <a href=\"{esc(link)}/{VERDICT_FILE}\">rules</a>")
 
 
 def _row(e: ReportEntry, base: str) -> str:
@@ -170,6 +203,7 @@ def _row(e: ReportEntry, base: str) -> str:
         f"<span class=\"status {css}\">{esc(STATUS_WORDS.get(status, status))}</span>",
         esc(_fmt_features(s)), drifted,
         f"<span class=\"words\">{esc(str(s.get('headline', '')))}</span>",
+        _fmt_gate(e.verdict, link),
         f"<a href=\"{esc(link)}\">open</a> · <a href=\"{esc(link)}/summary.json\">json</a>",
     ]
     return "<tr>" + "".join(f"<td>{c}</td>" for c in cells) + "</tr>"
@@ -177,13 +211,14 @@ def _row(e: ReportEntry, base: str) -> str:
 
 def render_index(entries: list[ReportEntry], base: str) -> str:
     """The report table as a standalone HTML page; every value from disk is escaped."""
-    body = "".join(_row(e, base) for e in entries) or '<tr><td colspan="8">No drift reports yet.</td></tr>'
+    body = "".join(_row(e, base) for e in entries) or '<tr><td colspan="9">No drift reports yet.</td></tr>'
     head = "".join(f"<th>{h}</th>" for h in ("Date", "DAG run", "Model", "Status", "Drifted features",
-                                              "Top drifted columns", "In words", "Report"))
+                                              "Top drifted columns", "In words", "Promotion gate", "Report"))
     return (
         f"<!doctype html><html><head><meta charset=\"utf-8\"><title>Drift reports</title><style>{STYLE}</style>"
         "</head><body><h1>Drift reports</h1><p class=\"muted\">Each run compares the data of its window with the "
-        "data the serving model (the champion) was trained on. Newest first; open a report for the details.</p>"
+        "data the serving model (the champion) was trained on; the gate column says whether the run's candidate "
+        "was promoted and which rules it failed. Newest first; open a report for the details.</p>"
         f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table></body></html>"
     )
 
@@ -263,6 +298,14 @@ def report_summary(report_id: str) -> Response:
     path = resolve_report_file(reports_root(), report_id, "summary.json")
     if path is None:
         raise HTTPException(404, "Report not found")
+    return _file_response(path, "application/json", {"Cache-Control": "no-store"})
+
+
+@app.get("/reports/{report_id}/verdict.json")
+def report_verdict(report_id: str) -> Response:
+    path = resolve_report_file(reports_root(), report_id, VERDICT_FILE)
+    if path is None:
+        raise HTTPException(404, "No gate verdict for this run")
     return _file_response(path, "application/json", {"Cache-Control": "no-store"})
 
 

@@ -213,10 +213,6 @@ class PipelineSpec(_Strict):
     def reports_root_path(self) -> Path:
         return Path(expand(self.reports_root))
 
-    def report_dir(self, dag_run_id: str) -> Path:
-        """A DAG run's folder in the reports store; the run id is reduced to a safe file name."""
-        return self.reports_root_path / re.sub(r"[^A-Za-z0-9_.-]+", "_", dag_run_id)
-
     @property
     def contract_path(self) -> Path:
         return Path(expand(self.contract))

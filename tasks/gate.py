@@ -19,6 +19,7 @@ from tasks.config import LOWER_IS_BETTER, ChampionRule, PipelineSpec, as_path
 from tasks.dataset import LABEL, feature_columns, load_frame, split_by_time
 from tasks.evaluate import PARITY_TOLERANCE, download_model, download_onnx, torch_probs
 from tasks.metrics import classification_metrics
+from tasks.report import put_json, report_dir
 from tasks.model import load_checkpoint
 from tasks.slices import slice_metrics
 from tasks.snapshot import read_manifest
@@ -279,10 +280,8 @@ def decide_promotion(spec: PipelineSpec, snapshot: Path, run_id: str, candidate:
 def _record(spec: PipelineSpec, verdict: dict[str, Any], run_id: str, dag_run_id: str, tag_version: bool) -> None:
     with mlflow.start_run(run_id=run_id):
         mlflow.log_dict(verdict, "gate/verdict.json")
-    if dag_run_id:
-        out = spec.report_dir(dag_run_id)
-        out.mkdir(parents=True, exist_ok=True)
-        (out / VERDICT_FILE).write_text(json.dumps(verdict, indent=2))
+    if dag_run_id:  # next to the run's drift report: the Drift reports page shows it
+        put_json(verdict, report_dir(spec, dag_run_id), VERDICT_FILE)
     if tag_version:
         failed = "; ".join(f"[{r['rule']}] {r['reason']}" for r in verdict["rules"] if not r["passed"])
         tags = {"gate.status": verdict["status"], "gate.mode": verdict["mode"],

@@ -2,24 +2,19 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 from tasks import tracking
 from tasks.config import PipelineSpec
-from tasks.report import report_dir
+from tasks.report import put_json, report_dir
 
 RESULT_FILE = "quality.json"
 
 
 def write_result(spec: PipelineSpec, result: dict[str, Any], dag_run_id: str) -> Path:
     """The result document as `<reports_root>/<dag run>/quality.json`, next to the drift report."""
-    out = report_dir(spec, dag_run_id)
-    out.mkdir(parents=True, exist_ok=True)
-    path = out / RESULT_FILE
-    path.write_text(json.dumps(result, indent=2))
-    return path
+    return put_json(result, report_dir(spec, dag_run_id), RESULT_FILE)
 
 
 def log_failed_run(spec: PipelineSpec, result: dict[str, Any], dag_run_id: str,

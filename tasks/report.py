@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import re
@@ -97,12 +98,27 @@ def compare_sides(spec: PipelineSpec, snapshot: Path, champion: str | None) -> t
 
 
 def _put(source: Path, target: Path) -> None:
-    if is_local(target):  # a reader never sees a half-written file
+    put_bytes(source.read_bytes(), target)
+
+
+def put_bytes(data: bytes, target: Path) -> None:
+    """Write a file of the reports store whole: a reader (the UI page) never sees half of it."""
+    if is_local(target):
         tmp = target.with_name(f".{target.name}.tmp-{uuid.uuid4().hex[:8]}")
-        tmp.write_bytes(source.read_bytes())
-        os.replace(tmp, target)
+        try:
+            tmp.write_bytes(data)
+            os.replace(tmp, target)
+        finally:
+            tmp.unlink(missing_ok=True)  # a failed write (disk full) leaves no temp file behind
     else:  # an object store writes an object whole
-        target.write_bytes(source.read_bytes())
+        target.write_bytes(data)
+
+
+def put_json(doc: Any, out: Path, name: str) -> Path:
+    """`doc` as `<out>/<name>` (indented JSON), written whole; the folder is created when missing."""
+    out.mkdir(parents=True, exist_ok=True)
+    put_bytes(json.dumps(doc, indent=2).encode(), out / name)
+    return out / name
 
 
 def publish(local: Path, out: Path) -> Path:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import json
 from datetime import datetime
 from pathlib import Path
 
@@ -13,6 +14,7 @@ from tasks.evaluate import evaluate_model
 from tasks.extract import extract_snapshot
 from tasks.gate import GateRejected, decide_promotion, evaluate_rules, live_check
 from tasks.promotion import promote_verdict, read_log
+from tasks.report import report_dir
 from tasks.rollback import RollbackError, check_target, rollback
 from tasks.snapshot import Window
 from tasks.train import train_model
@@ -122,7 +124,8 @@ def test_promotion_modes_log_and_rollback(world):
     assert registry.alias_version(model, "challenger") == bad["model_version"]
     tags = registry.version_tags(model, bad["model_version"])
     assert tags["gate.status"] == "rejected" and "champion_roc_auc" in tags["gate.reasons"]
-    assert (spec.report_dir("run_2") / "verdict.json").exists()
+    on_page = json.loads((report_dir(spec, "run_2") / "verdict.json").read_text())  # the Drift reports page reads it
+    assert on_page["status"] == "rejected" and on_page["candidate"] == bad["model_version"]
 
     # dry_run records and never promotes, even a passing candidate.
     better, better_eval = _candidate(world, {"epochs": 3})

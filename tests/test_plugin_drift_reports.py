@@ -119,6 +119,45 @@ def test_render_index_escapes_and_links(reports: Path) -> None:
     assert "No drift reports yet" in dr.render_index([], "/drift-reports")
 
 
+def test_the_gate_verdict_shows_next_to_the_runs_report(reports: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # The gate writes verdict.json into the run's report folder (tasks.gate); the page reads it.
+    verdict = {"status": "rejected", "promote": False, "candidate": "3", "mode": "enforce", "reason": "",
+               "rules": [{"rule": "champion_roc_auc", "passed": False,
+                          "reason": "candidate roc_auc 0.61 vs champion v2 0.69: <worse>"},
+                         {"rule": "parity", "passed": True, "reason": "ONNX vs torch max |diff| 1e-07"}]}
+    (reports / "manual__2024-01-03" / "verdict.json").write_text(json.dumps(verdict))
+    overridden = {**verdict, "status": "overridden", "promote": True, "candidate": "5", "mode": "override",
+                  "justification": "hotfix for the holiday schedule", "user": "ana"}
+    (reports / "manual__2024-01-05" / "verdict.json").write_text(json.dumps(overridden))
+    (reports / "scheduled__2024-01-01" / "verdict.json").write_text("{half a fi")  # being written: ignored
+
+    entries = {e.report_id: e for e in dr.list_reports(reports)}
+    assert entries["manual__2024-01-03"].verdict == verdict and entries["scheduled__2024-01-01"].verdict is None
+    page = dr.render_index(list(entries.values()), "/drift-reports")
+    row = next(r for r in page.split("<tr>") if "manual__2024-01-03T00:00" in r)
+    assert '<span class="status drift">rejected</span>' in row and "v3 not promoted" in row
+    assert "champion_roc_auc: candidate roc_auc 0.61 vs champion v2 0.69: &lt;worse&gt;" in row
+    assert "parity" not in row  # passed rules stay off the list; the rules link has them all
+    assert 'href="/drift-reports/reports/manual__2024-01-03/verdict.json"' in row
+    row = next(r for r in page.split("<tr>") if "manual__2024-01-05" in r)
+    assert "overridden" in row and "v5 promoted" in row and "hotfix for the holiday schedule (ana)" in row
+    row = next(r for r in page.split("<tr>") if "scheduled__2024-01-01" in r)
+    assert "no verdict" in row
+
+    # The verdict file is served like the report, behind the same checks.
+    from fastapi.testclient import TestClient
+
+    app = dr.app
+    app.dependency_overrides[dr.require_user] = lambda: "someone"
+    try:
+        client = TestClient(app)
+        assert client.get("/reports/manual__2024-01-03/verdict.json").json()["status"] == "rejected"
+        assert client.get("/reports/manual__2024-01-02/verdict.json").status_code == 404
+        assert client.get("/reports/..%2F..%2Fsecret.txt/verdict.json").status_code == 404
+    finally:
+        app.dependency_overrides.clear()
+
+
 def test_top_drifted_limits_and_tolerates_bad_input() -> None:
     cols = [{"column": str(i), "drifted": True} for i in range(5)] + [{"column": "n"}, "junk"]
     assert [c["column"] for c in dr.top_drifted(cols)] == ["0", "1", "2"]
