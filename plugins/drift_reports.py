@@ -159,8 +159,8 @@ STYLE = (
     "body{font-family:system-ui,sans-serif;margin:1rem;color:#1a1a1a}table{border-collapse:collapse}"
     "td,th{border-bottom:1px solid #ccc;padding:.4rem .6rem;text-align:left;vertical-align:top}"
     "th{background:#f4f4f4}.status{font-weight:600;white-space:nowrap}.drift{color:#b00020}"
-    ".warning{color:#9a6700}.ok{color:#1b5e20}.words{display:block;min-width:24rem;max-width:40rem}.muted{color:#666}"
-    ".nowrap{white-space:nowrap}.reasons{margin:.2rem 0;padding-left:1.1rem;max-width:28rem}"
+    ".warning{color:#9a6700}.ok{color:#1b5e20}.words{display:block;min-width:14rem;max-width:30rem}.muted{color:#666}"
+    ".nowrap{white-space:nowrap}.reasons{margin:.2rem 0;padding-left:1.1rem;min-width:12rem;max-width:20rem}"
 )
 STATUS_WORDS = {"drift": "drifted", "warning": "some drift", "ok": "no drift"}
 # tasks.gate statuses in words, and the colour each gets
@@ -202,8 +202,8 @@ def _row(e: ReportEntry, base: str) -> str:
         esc(f"{s.get('model_name', '—')} v{s.get('model_version', '?')}"),
         f"<span class=\"status {css}\">{esc(STATUS_WORDS.get(status, status))}</span>",
         esc(_fmt_features(s)), drifted,
-        f"<span class=\"words\">{esc(str(s.get('headline', '')))}</span>",
         _fmt_gate(e.verdict, link),
+        f"<span class=\"words\">{esc(str(s.get('headline', '')))}</span>",
         f"<a href=\"{esc(link)}\">open</a> · <a href=\"{esc(link)}/summary.json\">json</a>",
     ]
     return "<tr>" + "".join(f"<td>{c}</td>" for c in cells) + "</tr>"
@@ -213,7 +213,7 @@ def render_index(entries: list[ReportEntry], base: str) -> str:
     """The report table as a standalone HTML page; every value from disk is escaped."""
     body = "".join(_row(e, base) for e in entries) or '<tr><td colspan="9">No drift reports yet.</td></tr>'
     head = "".join(f"<th>{h}</th>" for h in ("Date", "DAG run", "Model", "Status", "Drifted features",
-                                              "Top drifted columns", "In words", "Promotion gate", "Report"))
+                                              "Top drifted columns", "Promotion gate", "In words", "Report"))
     return (
         f"<!doctype html><html><head><meta charset=\"utf-8\"><title>Drift reports</title><style>{STYLE}</style>"
         "</head><body><h1>Drift reports</h1><p class=\"muted\">Each run compares the data of its window with the "
