@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import math
 import struct
 
@@ -33,11 +32,13 @@ def strings(blob: bytes, count: int, where: str) -> list[str] | np.ndarray:
     """BYTES in binary form: each element a 4-byte little-endian length, then that many UTF-8 bytes."""
     if count and len(blob) >= 4:
         width = struct.unpack_from("<I", blob)[0]
-        if len(blob) == count * (4 + width):  # all one length (codes like "JFK"): split in numpy, not a loop
-            cells = np.frombuffer(blob, dtype=np.dtype([("n", "<u4"), ("s", f"S{width}")]))
-            if (cells["n"] == width).all():
-                with contextlib.suppress(UnicodeDecodeError):  # ASCII only; other text takes the loop below
-                    return cells["s"].astype(f"U{max(width, 1)}")  # onnxruntime takes unicode arrays as they are
+        if width and len(blob) == count * (4 + width):  # all one length (codes like "JFK"): numpy, not a loop
+            cells = np.frombuffer(blob, dtype=np.uint8).reshape(count, 4 + width)
+            text = cells[:, 4:]
+            if (cells[:, :4].view("<u4") == width).all() and not (text >= 128).any() and text.all():
+                # ASCII without NULs: each byte widened to a UCS-4 code point is the unicode array
+                # onnxruntime takes as it is (30x faster than numpy's bytes-to-str conversion).
+                return text.astype(np.uint32).view(f"<U{width}").reshape(count)
     out: list[str] = []
     pos = 0
     try:

@@ -134,9 +134,9 @@ def _values(col: Column) -> tuple[np.ndarray, bytes]:
     if isinstance(col.values, np.ndarray) and col.kind != "string":
         return np.ones(len(col.values), dtype=bool), col.values.astype(_NUMPY[col.kind]).tobytes()
     if col.kind == "string" and isinstance(col.values, np.ndarray) and col.values.dtype.kind == "U":
-        fixed = _frame_fixed(col.values)
-        if fixed is not None:
-            return np.ones(len(col.values), dtype=bool), fixed
+        framed = _frame_array(col.values)
+        if framed is not None:
+            return np.ones(len(col.values), dtype=bool), framed
     values = col.values.tolist() if isinstance(col.values, np.ndarray) else list(col.values)
     if None in values:
         defined = np.fromiter((v is not None for v in values), dtype=bool, count=len(values))
@@ -149,18 +149,25 @@ def _values(col: Column) -> tuple[np.ndarray, bytes]:
     return defined, np.asarray(values, dtype=_NUMPY[col.kind]).tobytes()
 
 
-def _frame_fixed(strings: np.ndarray) -> bytes | None:
-    """PLAIN framing without a Python loop, when every string is ASCII of one length (codes like "JFK")."""
-    width = strings.dtype.itemsize // 4
-    if not len(strings) or not (np.char.str_len(strings) == width).all():
+def _frame_array(strings: np.ndarray) -> bytes | None:
+    """PLAIN framing of a unicode array without a Python loop, when every string is ASCII (codes like "JFK").
+
+    Each string becomes its 4-byte length and its bytes: one (rows, 4 + width) byte matrix, with the
+    padding of shorter strings masked out. None when a string is not ASCII (the caller's loop encodes it).
+    """
+    rows, width = len(strings), strings.dtype.itemsize // 4
+    if not rows or not width:
         return None
-    try:
-        data = strings.astype(f"S{width}")
-    except UnicodeEncodeError:
+    codes = strings.view(np.uint32).reshape(rows, width)
+    if (codes >= 128).any():
         return None
-    cells = np.empty(len(strings), dtype=np.dtype([("n", "<u4"), ("s", f"S{width}")]))
-    cells["n"], cells["s"] = width, data
-    return cells.tobytes()
+    lengths = np.char.str_len(strings).astype("<u4")
+    cells = np.empty((rows, 4 + width), dtype=np.uint8)
+    cells[:, :4] = lengths.view(np.uint8).reshape(rows, 4)
+    cells[:, 4:] = codes
+    if (lengths == width).all():
+        return cells.tobytes()
+    return cells[np.arange(4 + width) < (lengths[:, None] + 4)].tobytes()
 
 
 def _frame(value: str | bytes) -> bytes:

@@ -19,8 +19,8 @@ from tasks.config import LOWER_IS_BETTER, ChampionRule, PipelineSpec, as_path
 from tasks.dataset import LABEL, feature_columns, load_frame, split_by_time
 from tasks.evaluate import PARITY_TOLERANCE, download_model, download_onnx, torch_probs
 from tasks.metrics import classification_metrics
-from tasks.report import put_json, report_dir
 from tasks.model import load_checkpoint
+from tasks.report import put_json, report_dir
 from tasks.slices import slice_metrics
 from tasks.snapshot import read_manifest
 

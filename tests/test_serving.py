@@ -20,9 +20,10 @@ import pytest
 import torch
 from starlette.testclient import TestClient
 
+from serving import binary
 from serving.app import create_app
 from serving.metrics import Metrics
-from serving.model import OnnxModel
+from serving.model import InputError, OnnxModel
 from serving.parquet import Column, write_table
 from serving.predictor import Predictor
 from serving.predlog import PredictionLog
@@ -398,6 +399,26 @@ def test_parquet_writer_round_trips_through_pyarrow(tmp_path):
     assert str(table.schema.field("ts").type) == "timestamp[us, tz=UTC]"
     assert table.column("f").null_count == 143 and table.column("s").to_pylist() == strings
     assert table.column("n").to_pylist()[:2] == [None, 2**40] and table.column("d").null_count == 500
+
+
+def test_parquet_string_arrays_of_any_length_round_trip(tmp_path):
+    # Unicode arrays (binary BYTES tensors arrive as one) are framed in numpy; non-ASCII takes the loop.
+    cases = {"same": ["JFK", "LGA", "EWR"] * 100, "mixed": ["AA", "B6", "", "D" * 40] * 75,
+             "accented": ["Zürich", "AA"] * 150}
+    path = tmp_path / "s.parquet"
+    write_table(path, [Column(name, "string", np.array(values)) for name, values in cases.items()])
+    table = pq.read_table(path)
+    assert {name: table.column(name).to_pylist() for name in cases} == cases
+
+
+def test_binary_bytes_tensors_decode_to_the_strings_sent():
+    def framed(values: list[str]) -> bytes:
+        return b"".join(struct.pack("<I", len(v.encode())) + v.encode() for v in values)
+
+    for values in (["JFK", "LGA", "EWR"], ["AA", "B6", "9E"], ["Zür", "AAA"], ["A\x00B", "CDE"], ["", ""]):
+        assert list(binary.strings(framed(values), len(values), "inputs.x")) == values
+    with pytest.raises(InputError, match=r"inputs.x: binary data ends after 1 of 2"):
+        binary.strings(framed(["JFK"]), 2, "inputs.x")
 
 
 def test_settings_from_env_name_the_bad_variable(tmp_path):
