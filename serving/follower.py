@@ -14,7 +14,7 @@ from collections.abc import Callable
 from serving.metrics import ModelState
 from serving.model import OnnxModel
 from serving.predictor import Predictor
-from serving.registry import ChecksumError, ModelCache, ModelRef, RegistryClient, RegistryError
+from serving.registry import ArtifactMissing, ChecksumError, ModelCache, ModelRef, RegistryClient, RegistryError
 from serving.settings import Settings
 
 log = logging.getLogger("serving.follower")
@@ -69,7 +69,7 @@ class Follower:
             return  # reported already; the registry's versions are immutable
         try:
             payload = self.client.download(ref)
-        except ChecksumError as exc:
+        except (ChecksumError, ArtifactMissing) as exc:  # the version itself is broken, not the registry
             self._load_failed(ref, str(exc))
             return
         except RegistryError as exc:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from serving.model import OnnxModel
-from serving.protocol import NUMERIC, OUTPUTS
+from serving.protocol import FLT_MAX, NUMERIC, OUTPUTS
 
 _REF = "#/components/schemas/"
 
@@ -41,7 +41,9 @@ def _record(model: OnnxModel | None) -> dict[str, Any]:
         return {"type": "object", "description": "One value per model feature (GET /openapi.json again once a "
                                                  "model is loaded to see them); null for a missing value.",
                 "additionalProperties": {"type": ["number", "string", "null"]}}
-    props = {f.name: {"type": ["number", "null"], "format": "float"} if f.kind == "numeric"
+    # The FP32 range: a larger number cannot reach the model and is refused (400).
+    props = {f.name: {"type": ["number", "null"], "format": "float", "minimum": -FLT_MAX, "maximum": FLT_MAX}
+             if f.kind == "numeric"
              else {"type": ["string", "null"]} for f in model.features}
     return {"type": "object", "properties": props, "required": list(props), "additionalProperties": False,
             "description": "One value per feature, all present; null for a missing value (numbers are imputed, "
@@ -65,12 +67,12 @@ def _schemas(model: OnnxModel | None) -> dict[str, Any]:
         "Record": _record(model),
         "PredictRequest": {"type": "object", "required": ["records"], "additionalProperties": False, "properties": {
             "records": {"type": "array", "minItems": 1, "items": _ref("Record")},
-            "id": {"type": "string", "description": "Kept with the rows in the prediction log"}}},
+            "id": {"type": ["string", "null"], "description": "Kept with the rows in the prediction log"}}},
         "PredictResponse": {"type": "object", "properties": {**versioned, "predictions": {
             "type": "array", "items": {"type": "object", "properties": {
                 "probability": {"type": "number"}, "label": {"type": "integer", "enum": [0, 1]}}}}}},
         "InferenceRequest": {"type": "object", "required": ["inputs"], "properties": {
-            "id": {"type": "string"}, "parameters": {"type": "object"},
+            "id": {"type": ["string", "null"]}, "parameters": {"type": "object"},
             "inputs": {"type": "array", "minItems": 1, "items": _ref("RequestInput")},
             "outputs": {"type": "array", "items": {"type": "object", "required": ["name"], "properties": {
                 "name": {"type": "string", "enum": list(OUTPUTS)}, "parameters": {"type": "object"}}}}}},

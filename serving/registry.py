@@ -23,6 +23,10 @@ class ChecksumError(RegistryError):
     """The downloaded artifact is not the one registered (retrying will not help)."""
 
 
+class ArtifactMissing(RegistryError):
+    """The registry answers but the version's model.onnx is not in the artifact store (a load failure)."""
+
+
 @dataclass(frozen=True)
 class ModelRef:
     name: str
@@ -86,6 +90,12 @@ class RegistryClient:
             with urllib.request.urlopen(url, timeout=TIMEOUT_S * 6) as resp:  # noqa: S310
                 data: bytes = resp.read()
                 return data
+        except FileNotFoundError as exc:
+            raise ArtifactMissing(f"{uri} is not in the artifact store") from exc
+        except urllib.error.HTTPError as exc:
+            if exc.code == 404:
+                raise ArtifactMissing(f"{uri} is not in the artifact store (HTTP 404)") from exc
+            raise RegistryError(f"cannot fetch {uri}: {exc}") from exc
         except (OSError, urllib.error.URLError) as exc:
             raise RegistryError(f"cannot fetch {uri}: {exc}") from exc
 

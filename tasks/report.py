@@ -108,6 +108,8 @@ def put_bytes(data: bytes, target: Path) -> None:
         try:
             tmp.write_bytes(data)
             os.replace(tmp, target)
+        except OSError as exc:  # ENOSPC and friends: say which file of the store could not be written
+            raise OSError(exc.errno, f"{exc.strerror}: cannot write {target}") from exc
         finally:
             tmp.unlink(missing_ok=True)  # a failed write (disk full) leaves no temp file behind
     else:  # an object store writes an object whole

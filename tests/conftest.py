@@ -78,3 +78,12 @@ def spec() -> PipelineSpec:
 @pytest.fixture()
 def data_root(tmp_path: Path) -> Iterator[Path]:
     yield tmp_path / "data"
+
+
+@pytest.fixture(scope="session")
+def live_registry(tmp_path_factory):  # noqa: ANN201 - a serving_live.Registry
+    """A real MLflow server for the serving tests (each test registers models of its own name), once per session."""
+    from serving_live import mlflow_registry
+
+    with mlflow_registry(tmp_path_factory.mktemp("registry")) as registry:
+        yield registry
