@@ -49,7 +49,7 @@ DATE ?= 2013-06-30
 CONF ?= {}
 DEMO_DATES ?= 2013-06-30 2013-07-30
 
-.PHONY: help venv demo up down test test-fast bench bench-extract bench-train bench-serve lint seed dags-test airflow serve clean
+.PHONY: help venv demo up down test test-fast bench bench-extract bench-train bench-serve lint seed dags-test airflow serve clean replay
 
 help:
 	@echo "make demo    run the pipeline twice on the demo data, serve the champion, ask it for a prediction"
@@ -58,6 +58,7 @@ help:
 	@echo "make bench-extract   PostgreSQL extraction benchmark: ours vs pandas vs the COPY ceiling"
 	@echo "make bench-train     training epoch: real input pipeline vs tensors preloaded (CUDA too when present)"
 	@echo "make bench-serve     model server vs mlflow models serve vs a raw-ASGI hello world (wrk if installed)"
+	@echo "make replay  after make demo: later months of 2013 through serving, monitor_production, retrain on drift"
 	@echo "make seed | dags-test DAG=.. DATE=.. | airflow CMD='..' | serve | lint"
 
 venv: $(STAMP)
@@ -96,6 +97,11 @@ demo: venv seed $(AIRFLOW_HOME)/.migrated
 	  $(BIN)/python examples/demo_run.py $$d || exit 1; \
 	done
 	$(BIN)/python examples/serve_and_predict.py
+
+# The self-learning loop: replay Aug-Dec 2013 through serving, monitor each month, retrain when asked to.
+REPLAY_ARGS ?= --retrain
+replay: venv seed $(AIRFLOW_HOME)/.migrated
+	$(BIN)/python examples/replay.py $(REPLAY_ARGS)
 
 up: venv seed $(AIRFLOW_HOME)/.pool-$(TRAIN_POOL)
 	$(call start,airflow,$(BIN)/airflow standalone)

@@ -10,18 +10,21 @@ import os
 from datetime import timedelta
 from typing import Any, NoReturn
 
-from airflow.sdk import Param, dag, get_current_context, task
-from airflow.timetables.trigger import CronTriggerTimetable
+from airflow.sdk import Asset, AssetOrTimeSchedule, CronTriggerTimetable, Param, dag, get_current_context, task
 
 from dags.notifications import RunFailureNotifier
 
+# monitor_production emits this (same name there) when the champion drifted or got worse live: a retrain.
+RETRAIN = Asset("flights_delay_retrain")
+
 DOC = """
 ### Train and deploy the flight-delay model
-Every night (or when you click **Trigger**) this run takes the training window that ends at the
-run's date (or at *window_end*), snapshots it from the flights database, checks the data
-contract, trains a model, evaluates it on the newest flights, writes a drift report, and
-promotes the model to **champion** only when it passes the gate. A failed step never changes
-what is served.
+Every night, when `monitor_production` asks for a retrain (the served model drifted or got worse
+live), or when you click **Trigger**, this run takes the training window that ends at the run's
+date (a retrain: after the newest landed flights the monitor saw; or at *window_end*), snapshots
+it from the flights database, checks the data contract, trains a model, evaluates it on the newest
+flights, writes a drift report, and promotes the model to **champion** only when it passes the
+gate. A failed step never changes what is served.
 """
 
 
@@ -40,9 +43,10 @@ def _window(params: dict[str, Any], spec: Any) -> Any:
     if params.get("window_end"):
         end = datetime.fromisoformat(params["window_end"])
     else:
-        # A manual run without a logical date has no data interval: it ends when it was asked for.
+        # A manual or asset-triggered run has no data interval: a retrain ends after the newest flights whose
+        # outcome monitor_production saw; a manual run ends when it was asked for.
         run = ctx["dag_run"]
-        end_at = run.data_interval_end or run.run_after
+        end_at = run.data_interval_end or _retrain_window_end(ctx) or run.run_after
         # Source timestamps are naive local times; the interval end is compared as a wall clock.
         end = end_at.replace(tzinfo=None)
     if params.get("window_start"):
@@ -54,6 +58,23 @@ def _window(params: dict[str, Any], spec: Any) -> Any:
     return Window(end - timedelta(days=days), end)
 
 
+def _retrain_window_end(ctx: Any) -> Any:
+    from datetime import datetime
+
+    events = ctx["triggering_asset_events"].get(RETRAIN, [])
+    ends = [datetime.fromisoformat(e.extra["window_end"]) for e in events if (e.extra or {}).get("window_end")]
+    return max(ends, default=None)
+
+
+def _check_conf(ctx: Any) -> None:
+    """A trigger's conf keys must be the form's params: a misspelt `epoch` would otherwise be ignored."""
+    # Against the declared form, not ctx["params"]: Airflow adds a conf's extra keys to the params.
+    unknown = sorted(set(ctx["dag_run"].conf or {}) - set(PARAMS))
+    if unknown:
+        _fail(ValueError(f"unknown trigger parameter(s) {', '.join(unknown)}; this DAG takes "
+                         f"{', '.join(sorted(PARAMS))}"))
+
+
 def _fail(exc: Exception) -> NoReturn:
     from airflow.sdk.exceptions import AirflowFailException
 
@@ -61,40 +82,47 @@ def _fail(exc: Exception) -> NoReturn:
     raise AirflowFailException(str(exc)) from exc
 
 
+# The trigger form (Params with JSON schema): the UI renders it, the REST API validates against it.
+PARAMS = {
+    "window_end": Param(None, type=["null", "string"], format="date", title="Window end",
+                        description="Last day (exclusive) of the training window; empty = the run's date."),
+    "window_start": Param(None, type=["null", "string"], format="date", title="Window start",
+                          description="First day of the training window; empty = window end minus the window "
+                                      "length."),
+    "window_days": Param(None, type=["null", "integer"], minimum=1, maximum=366, title="Window length (days)",
+                         description="Days of flights to train on; empty = the pipeline spec's value."),
+    "epochs": Param(None, type=["null", "integer"], minimum=1, maximum=200, title="Epochs"),
+    "learning_rate": Param(None, type=["null", "number"], exclusiveMinimum=0, maximum=1,
+                           title="Learning rate"),
+    "batch_size": Param(None, type=["null", "integer"], minimum=16, maximum=65536, title="Batch size"),
+    # One object, so the form itself refuses an override without a justification (JSON schema if/then).
+    "gate": Param(
+        {"mode": "enforce", "justification": None}, type="object", title="Promotion gate",
+        description='mode: "enforce" (promote only on pass), "dry_run" (evaluate and record, never '
+                    'promote) or "override" (promote despite failed rules; needs "justification", '
+                    "10+ characters, recorded with your user name).",
+        properties={"mode": {"type": "string", "enum": ["enforce", "dry_run", "override"]},
+                    "justification": {"type": ["null", "string"]}},
+        required=["mode"], additionalProperties=False,
+        **{"if": {"properties": {"mode": {"const": "override"}}},
+           "then": {"properties": {"justification": {"type": "string", "minLength": 10, "pattern": r"\S"}},
+                    "required": ["justification"]}},
+    ),
+}
+
+
 @dag(
-    schedule=CronTriggerTimetable("0 3 * * *", timezone="UTC"),
-    catchup=False,
+    # Nightly, and whenever monitor_production asks for a retrain (data-aware scheduling).
+    schedule=AssetOrTimeSchedule(timetable=CronTriggerTimetable(os.environ.get("TRAIN_SCHEDULE", "0 3 * * *"),
+                                                                timezone="UTC"), assets=[RETRAIN]),
+    # Off by default: a new deployment does not train once per missed night; TRAIN_CATCHUP=1 backfills them.
+    catchup=os.environ.get("TRAIN_CATCHUP", "0") == "1",
     max_active_runs=1,
     doc_md=DOC,
     tags=["mlops", "flights"],
     # Every failed task leaves one summary line (task, reason, log link) and, when configured, a mail.
     default_args={"owner": "mlops", "retries": 0, "on_failure_callback": [RunFailureNotifier()]},
-    params={
-        "window_end": Param(None, type=["null", "string"], format="date", title="Window end",
-                            description="Last day (exclusive) of the training window; empty = the run's date."),
-        "window_start": Param(None, type=["null", "string"], format="date", title="Window start",
-                              description="First day of the training window; empty = window end minus the window "
-                                          "length."),
-        "window_days": Param(None, type=["null", "integer"], minimum=1, maximum=366, title="Window length (days)",
-                             description="Days of flights to train on; empty = the pipeline spec's value."),
-        "epochs": Param(None, type=["null", "integer"], minimum=1, maximum=200, title="Epochs"),
-        "learning_rate": Param(None, type=["null", "number"], exclusiveMinimum=0, maximum=1,
-                               title="Learning rate"),
-        "batch_size": Param(None, type=["null", "integer"], minimum=16, maximum=65536, title="Batch size"),
-        # One object, so the form itself refuses an override without a justification (JSON schema if/then).
-        "gate": Param(
-            {"mode": "enforce", "justification": None}, type="object", title="Promotion gate",
-            description='mode: "enforce" (promote only on pass), "dry_run" (evaluate and record, never '
-                        'promote) or "override" (promote despite failed rules; needs "justification", '
-                        "10+ characters, recorded with your user name).",
-            properties={"mode": {"type": "string", "enum": ["enforce", "dry_run", "override"]},
-                        "justification": {"type": ["null", "string"]}},
-            required=["mode"], additionalProperties=False,
-            **{"if": {"properties": {"mode": {"const": "override"}}},
-               "then": {"properties": {"justification": {"type": "string", "minLength": 10, "pattern": r"\S"}},
-                        "required": ["justification"]}},
-        ),
-    },
+    params=PARAMS,
 )
 def train_and_deploy() -> None:
     @task(retries=2, retry_delay=timedelta(seconds=20), retry_exponential_backoff=2.0,
@@ -107,6 +135,7 @@ def train_and_deploy() -> None:
         from tasks.snapshot import SchemaError
         from tasks.sources import sqlalchemy_url
 
+        _check_conf(get_current_context())
         spec = _spec()
         url = None
         if isinstance(spec.primary, SqlSource):  # credentials come from the Airflow connection

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -44,6 +45,13 @@ def start(name: str, cmd: list[str], log_dir: Path, env: dict[str, str] | None =
     log = (log_dir / f"{name}.log").open("ab")
     return subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})},
                             start_new_session=True)
+
+
+def stop(procs: list[subprocess.Popen[bytes]]) -> None:
+    """Stop what `start` started, newest first (each with its process group)."""
+    for proc in reversed(procs):
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=30)
 
 
 def mlflow_server_cmd(state_dir: Path, port: int) -> list[str]:

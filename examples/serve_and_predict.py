@@ -8,13 +8,12 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from examples.procs import http_json, mlflow_server_cmd, start, wait_for  # noqa: E402
+from examples.procs import http_json, mlflow_server_cmd, start, stop, wait_for  # noqa: E402
 from tasks import settings  # noqa: E402
 from tasks.config import load_spec  # noqa: E402
 from tasks.snapshot import read_snapshot  # noqa: E402
@@ -69,9 +68,7 @@ def main() -> int:
         print(f"  Snapshots:                {spec.data_root_path / spec.name}")
         return 0 if status == 200 else 1
     finally:
-        for proc in reversed(procs):
-            os.killpg(proc.pid, signal.SIGTERM)
-            proc.wait(timeout=30)
+        stop(procs)
 
 
 if __name__ == "__main__":

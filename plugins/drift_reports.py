@@ -228,7 +228,8 @@ def render_missing(dag_id: str, run_id: str) -> str:
     return (
         f"<!doctype html><html><head><meta charset=\"utf-8\"><style>{STYLE}</style></head><body>"
         f"<p>No drift report for run <b>{html.escape(run_id)}</b> of <b>{html.escape(dag_id)}</b>. Runs of "
-        "train_and_deploy write one in their drift_report task, after training.</p></body></html>"
+        "train_and_deploy write one in their drift_report task, after training; runs of monitor_production "
+        "in report_drift, when the interval has predictions.</p></body></html>"
     )
 
 
@@ -312,10 +313,14 @@ def report_verdict(report_id: str) -> Response:
 @app.get("/runs/{dag_id}/{run_id}")
 def run_report(request: Request, dag_id: str, run_id: str) -> Response:
     """The DAG run page's "Drift report" tab: that run's report, or a page saying there is none."""
-    report_id = report_id_for_run(run_id)
-    summary = resolve_report_file(reports_root(), report_id, "summary.json")
-    recorded = _dag_of(summary) if summary is not None else None
-    if summary is None or recorded not in (None, dag_id):
+    root = reports_root()
+    # train_and_deploy's folders are named by the run id; other DAGs' (monitor_production, hourly) by
+    # "<dag>__<run id>", since the two DAGs' scheduled runs can share a run id.
+    for report_id in (report_id_for_run(f"{dag_id}__{run_id}"), report_id_for_run(run_id)):
+        summary = resolve_report_file(root, report_id, "summary.json")
+        if summary is not None and _dag_of(summary) in (None, dag_id):
+            break
+    else:
         return HTMLResponse(render_missing(dag_id, run_id), headers={"Cache-Control": "no-store"})
     base = request.scope.get("root_path", URL_PREFIX).rstrip("/")
     return RedirectResponse(f"{base}/reports/{quote(report_id)}", status_code=307)

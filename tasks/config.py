@@ -149,6 +149,27 @@ class Gate(_Strict):
     drift: DriftRule | None = None
 
 
+class GroundTruth(_Strict):
+    """Where the actual outcome of served predictions arrives (flights: `arr_delay` once a flight landed)."""
+
+    connection: str = Field(description="Airflow connection id; AIRFLOW_CONN_<ID> outside Airflow")
+    query: str = Field(description="returns the key, the event time and the target for the keys bound as :keys "
+                                   "(a list); a row whose target is still NULL has no ground truth yet")
+
+
+class Monitoring(_Strict):
+    """When the monitor_production DAG asks train_and_deploy for a retrain (dags/monitor_production.py)."""
+
+    min_rows: int = Field(default=200, ge=1, description="predictions an interval needs before its drift is judged")
+    max_drifted_share: float = Field(default=0.5, gt=0, le=1, description="retrain from this share of drifted features")
+    retrain_on_prediction_drift: bool = Field(default=False, description="retrain when the live scores alone drifted")
+    ground_truth: GroundTruth | None = Field(default=None, description="none: no live metrics, drift alone decides")
+    ground_truth_hours: float = Field(default=168, gt=0, description="how far back predictions meet their outcome")
+    min_labelled_rows: int = Field(default=200, ge=1, description="outcomes needed before live metrics are judged")
+    min_roc_auc: float | None = Field(default=None, ge=0, le=1, description="retrain below this live ROC AUC")
+    min_accuracy: float | None = Field(default=None, ge=0, le=1, description="retrain below this live accuracy")
+
+
 # Derived from the event time when the snapshot has no column of that name.
 TIME_PARTS = ("month", "weekday", "hour")
 
@@ -175,6 +196,7 @@ class PipelineSpec(_Strict):
     drift: Drift
     gate: Gate
     evaluation: Evaluation = Evaluation()
+    monitoring: Monitoring = Monitoring()
 
     @field_validator("contract")
     @classmethod

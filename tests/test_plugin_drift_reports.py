@@ -223,6 +223,13 @@ def test_the_dag_run_tab_opens_that_runs_report(reports: Path, monkeypatch: pyte
     assert tab.status_code == 307 and tab.headers["location"] == "/drift-reports/reports/manual__2024-01-05"
     # A report without a recorded DAG (older summaries) opens for any DAG's run of that id.
     assert client.get("/runs/train_and_deploy/manual__2024-01-03").status_code == 307
+    # monitor_production's folders carry the DAG id: its hourly runs share run ids with the nightly ones.
+    _write_report(reports, "monitor_production__manual__2024-01-05", 600, dag_id="monitor_production",
+                  dag_run_id="manual__2024-01-05", status="ok", columns=[])
+    tab = client.get("/runs/monitor_production/manual__2024-01-05")
+    assert tab.headers["location"] == "/drift-reports/reports/monitor_production__manual__2024-01-05"
+    tab = client.get("/runs/train_and_deploy/manual__2024-01-05")
+    assert tab.headers["location"] == "/drift-reports/reports/manual__2024-01-05"
     for dag_id, run_id in [("rollback_model", "manual__2024-01-05"), ("train_and_deploy", "manual__2099"),
                            ("train_and_deploy", "%2E%2E"), ("train_and_deploy", "escape")]:
         page = client.get(f"/runs/{dag_id}/{run_id}")

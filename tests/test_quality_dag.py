@@ -101,3 +101,17 @@ def test_stale_data_stops_the_run_at_check_quality_and_the_champion_stays(dag, s
     # no model was trained or registered; the champion (what serving follows) is unchanged
     assert registry.champion_version(spec.registered_model) == champion
     assert len(MlflowClient().search_model_versions(f"name='{spec.registered_model}'")) == versions
+
+
+def test_a_misspelt_trigger_parameter_stops_the_run_before_any_work(dag, spec, capfd):
+    from tasks import registry
+
+    champion = registry.champion_version(spec.registered_model)
+    # Airflow keeps conf keys the form does not declare; "epoch" would silently train with the spec's epochs.
+    run = dag.test(logical_date=datetime(2013, 7, 2, tzinfo=UTC), run_conf={"window_end": "2013-07-01", "epoch": 8})
+    states = {ti.task_id: str(ti.state) for ti in run.get_task_instances()}
+    assert str(run.state) == "failed" and states.pop("extract") == "failed", states
+    assert set(states.values()) == {"upstream_failed"}, states
+    log = capfd.readouterr().out
+    assert "unknown trigger parameter(s) epoch; this DAG takes batch_size, epochs, gate," in log
+    assert registry.champion_version(spec.registered_model) == champion
