@@ -127,21 +127,21 @@ def monitor_production() -> None:
     @task(**IO_RETRIES, doc_md="Score the champion's answers against what actually happened, for the flights that "
                                "have landed since: live ROC AUC and accuracy.")
     def compute_live_metrics() -> dict[str, Any]:
-        from tasks import monitor
+        from tasks import live_metrics, monitor
 
         spec, params = _spec(), get_current_context()["params"]
         url = _db_url(spec.monitoring.ground_truth.connection) if spec.monitoring.ground_truth else None
-        return _monitor(lambda: monitor.compute_live_metrics(spec, monitor.prediction_log_dir(), _interval().end,
-                                                             url, hours=params.get("metrics_hours")))
+        return _monitor(lambda: live_metrics.compute_live_metrics(
+            spec, monitor.prediction_log_dir(), _interval().end, url, hours=params.get("metrics_hours")))
 
     @task(**IO_RETRIES, doc_md="Apply the spec's monitoring rules and write down the decision and why: "
                                "decision.json next to the report, an MLflow run, a tag on the champion.")
     def decide_retrain(drift: dict[str, Any], live: dict[str, Any]) -> dict[str, Any]:
-        from tasks import monitor
+        from tasks import retrain
 
         spec, ctx = _spec(), get_current_context()
-        decision = monitor.decide_retrain(spec.monitoring, drift, live)
-        record = monitor.record_decision(spec, decision, drift, live, ctx["run_id"], dag_id=ctx["dag"].dag_id)
+        decision = retrain.decide_retrain(spec.monitoring, drift, live)
+        record = retrain.record_decision(spec, decision, drift, live, ctx["run_id"], dag_id=ctx["dag"].dag_id)
         for check in decision.checks:
             print(f"{'RETRAIN' if check.retrain else 'ok':<8} {check.rule:<16} {check.reason}")
         print(f"decision: {'retrain' if decision.retrain else 'keep the champion'} (recorded in {record})")

@@ -38,6 +38,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from examples.procs import http_json, mlflow_server_cmd, start, stop, wait_for  # noqa: E402
 from tasks import monitor, registry, seed, settings, tracking  # noqa: E402
 from tasks.config import PipelineSpec, load_spec  # noqa: E402
+from tasks.retrain import DECISION_FILE  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 CLIENTS = 4  # concurrent callers; the server merges their requests into batched runtime calls
@@ -187,7 +188,7 @@ def main(argv: list[str] | None = None) -> int:
             if str(run.state) != "success":
                 print(f"monitor_production {run.run_id}: {run.state} {states}")
                 return 1
-            decision = json.loads((folder / monitor.DECISION_FILE).read_text())
+            decision = json.loads((folder / DECISION_FILE).read_text())
             lines.append(report_line(f"2013-{month:02d}", len(rows), decision)
                          + f"  [{time.perf_counter() - began:.0f} s]")
             print(lines[-1])

@@ -1,13 +1,14 @@
-"""Production monitoring: what the champion answered live, against its training data and the arrived outcomes."""
+"""Production monitoring: the prediction log, and the champion's live requests against its training data.
+
+Live metrics (arrived outcomes) are in tasks.live_metrics, the retrain decision in tasks.retrain."""
 
 from __future__ import annotations
 
 import logging
 import os
-import re
 import tempfile
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -16,18 +17,14 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.dataset as ds
-import sqlalchemy as sa
 
 from serving.predlog import RESERVED
 from tasks import registry, settings, tracking
-from tasks.config import Monitoring, PipelineSpec
-from tasks.report import find_snapshot, publish, put_json, report_dir
+from tasks.config import PipelineSpec
+from tasks.report import find_snapshot, publish, report_dir
 from tasks.snapshot import read_manifest
-from tasks.sources import SourceError, redact
 
 log = logging.getLogger(__name__)
-DECISION_FILE = "decision.json"
-KEY_CHUNK = 500  # keys per ground-truth query: far below every driver's bind-parameter limit
 PARTITIONS = pa.schema([("dt", pa.string()), ("hr", pa.string())])  # strings: "05" stays "05", dates compare
 
 
@@ -107,7 +104,8 @@ def read_predictions(spec: PipelineSpec, log_dir: Path, interval: Interval) -> p
     return frame
 
 
-def _champion(spec: PipelineSpec, tracking_uri: str | None) -> str:
+def champion_version(spec: PipelineSpec, tracking_uri: str | None = None) -> str:
+    """The serving champion's version; NothingToMonitor when there is none."""
     tracking.use_experiment(spec.name, tracking_uri)
     champion = registry.champion_version(spec.registered_model)
     if champion is None:
@@ -171,7 +169,7 @@ def report_drift(spec: PipelineSpec, log_dir: Path, interval: Interval, dag_run_
     from tasks.drift import Side, build_drift_report
     from tasks.evaluate import download_model
 
-    champion = _champion(spec, tracking_uri)
+    champion = champion_version(spec, tracking_uri)
     live = read_predictions(spec, log_dir, interval)
     live = live[live["model_version"] == champion].drop(columns=["label"])  # the logged label is a prediction
     digest: dict[str, Any] = {"interval": str(interval), "champion_version": champion, "rows": len(live),
@@ -197,186 +195,3 @@ def report_drift(spec: PipelineSpec, log_dir: Path, interval: Interval, dag_run_
             "features": summary["features"], "drifted": [c["column"] for c in summary["columns"] if c["drifted"]],
             "prediction_drift": bool(summary["prediction"] and summary["prediction"]["drifted"]),
             "headline": summary["headline"]}
-
-
-def _typed_keys(keys: list[str]) -> list[Any]:
-    # Integer ids bind as integers: every database compares them with an integer key column as it should.
-    return [int(k) for k in keys] if all(re.fullmatch(r"-?\d{1,18}", k) for k in keys) else keys
-
-
-def fetch_ground_truth(spec: PipelineSpec, url: str, keys: list[str]) -> pd.DataFrame:
-    """Key (as text), event time and target of these keys from `monitoring.ground_truth.query`.
-
-    Raises:
-        SourceError: the database is unreachable or the query fails (names the database, never a password).
-        MonitoringError: the query does not return the key, event time and target columns.
-    """
-    source = spec.monitoring.ground_truth
-    if source is None:
-        raise MonitoringError("the spec declares no ground truth (monitoring.ground_truth)")
-    wanted = [spec.key, spec.event_time, spec.target.column]
-    query = sa.text(source.query).bindparams(sa.bindparam("keys", expanding=True))
-    engine = sa.create_engine(url)
-    rows: list[dict[str, Any]] = []
-    try:
-        with engine.connect() as conn:
-            typed = _typed_keys(keys)
-            for i in range(0, len(typed), KEY_CHUNK):
-                rows += [dict(r) for r in conn.execute(query, {"keys": typed[i:i + KEY_CHUNK]}).mappings()]
-    except sa.exc.SQLAlchemyError as exc:
-        first_line = str(getattr(exc, "orig", None) or exc).splitlines()[0]
-        raise SourceError(f"ground truth ({source.connection}, {redact(url)}): {first_line}") from exc
-    finally:
-        engine.dispose()
-    frame = pd.DataFrame(rows, columns=list(rows[0]) if rows else wanted)
-    missing = [c for c in wanted if c not in frame]
-    if missing:
-        raise MonitoringError(f"monitoring.ground_truth.query returns no column {', '.join(missing)} "
-                              f"(it returns {', '.join(frame.columns)})")
-    return frame[wanted].assign(**{spec.key: frame[spec.key].astype(str)})
-
-
-def compute_live_metrics(spec: PipelineSpec, log_dir: Path, until: datetime, url: str | None,
-                         hours: float | None = None, tracking_uri: str | None = None) -> dict[str, Any]:
-    """The champion's live metrics on its predictions of the last `hours` whose outcome has arrived.
-
-    A prediction meets its outcome by key: the business app sends the spec's key (the flight id) as
-    the request id. Per key the newest prediction counts (an app that asks again about a flight gets
-    a fresher answer); predictions without an id, or whose outcome has not arrived, are counted apart.
-
-    Args:
-        until: end of the window (the monitored interval's end).
-        url: SQLAlchemy URL of `monitoring.ground_truth.connection`; None when the spec declares none.
-        hours: window length; default `monitoring.ground_truth_hours`.
-
-    Returns:
-        rows, keyed, labelled, pending counts; `metrics` (roc_auc, accuracy, brier, positive_rate,
-        predicted_rate) when any outcome arrived; `newest_event`: the latest event time with an outcome.
-    """
-    from tasks.metrics import classification_metrics
-
-    policy = spec.monitoring
-    window = Interval(until - timedelta(hours=hours or policy.ground_truth_hours), until)
-    champion = _champion(spec, tracking_uri)
-    result: dict[str, Any] = {"window": str(window), "champion_version": champion, "labelled": 0,
-                              "metrics": None, "newest_event": None}
-    if policy.ground_truth is None or url is None:
-        return {**result, "reason": "the spec declares no ground truth (monitoring.ground_truth)"}
-    served = read_predictions(spec, log_dir, window)
-    served = served[served["model_version"] == champion]
-    keyed = served.dropna(subset=["request_id"]).drop_duplicates("request_id", keep="last")
-    truth = fetch_ground_truth(spec, url, keyed["request_id"].tolist()) if len(keyed) else None
-    joined = keyed.merge(truth, left_on="request_id", right_on=spec.key) if truth is not None else keyed.iloc[:0]
-    known = joined[joined[spec.target.column].notna()] if len(joined) else joined
-    result.update(rows=len(served), keyed=len(keyed), labelled=len(known), pending=len(keyed) - len(known))
-    if known.empty:
-        return result
-    actual = (known[spec.target.column].astype(float) >= spec.target.threshold).to_numpy()
-    scores = classification_metrics(actual, known["probability"].to_numpy())
-    result["metrics"] = {"roc_auc": None if np.isnan(scores["roc_auc"]) else scores["roc_auc"],
-                         "accuracy": float(np.mean(known["label"].to_numpy() == actual)),
-                         "brier": scores["brier"], "positive_rate": scores["positive_rate"],
-                         "predicted_rate": float(known["label"].mean())}
-    result["newest_event"] = pd.Timestamp(known[spec.event_time].max()).isoformat()
-    return result
-
-
-@dataclass(frozen=True)
-class Check:
-    """One retrain rule: its value and threshold, whether it asks for a retrain, and why, in words."""
-
-    rule: str
-    value: float | None
-    threshold: float
-    retrain: bool
-    reason: str
-
-
-@dataclass(frozen=True)
-class Decision:
-    """Whether to retrain, the reasons, every rule's outcome, and where a retrain's window should end."""
-
-    retrain: bool
-    reasons: list[str]
-    checks: list[Check]
-    window_end: str | None  # the day after the newest event with an outcome; None: the retrain picks its own
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-
-def _drift_check(policy: Monitoring, drift: dict[str, Any]) -> Check:
-    limit = policy.max_drifted_share
-    if drift.get("report") is None:
-        return Check("drifted_share", None, limit, False,
-                     f"drift not judged: {drift.get('rows', 0)} predictions by champion "
-                     f"v{drift.get('champion_version')} in {drift.get('interval')}, {policy.min_rows} needed")
-    share, drifted = drift["drifted_share"], drift["drifted"]
-    counted = f"{len(drifted)} of {drift['features']} features drifted ({share:.0%}"
-    if share >= limit:
-        return Check("drifted_share", share, limit, True, f"{counted} >= {limit:.0%}): {', '.join(drifted)}")
-    return Check("drifted_share", share, limit, False, f"{counted} < {limit:.0%})")
-
-
-def _metric_check(policy: Monitoring, live: dict[str, Any], metric: str, floor: float) -> Check:
-    name = {"roc_auc": "live ROC AUC", "accuracy": "live accuracy"}[metric]
-    labelled = live.get("labelled", 0)
-    value = (live.get("metrics") or {}).get(metric)
-    if labelled < policy.min_labelled_rows or value is None:
-        why = live.get("reason") or f"{labelled} predictions with an arrived outcome, {policy.min_labelled_rows} needed"
-        return Check(metric, None, floor, False, f"{name} not judged: {why}")
-    on = f"{name} {value:.3f} on {labelled:,} predictions with an arrived outcome"
-    if value < floor:
-        return Check(metric, value, floor, True, f"{on} is below {floor:g}")
-    return Check(metric, value, floor, False, f"{on} (floor {floor:g})")
-
-
-def decide_retrain(policy: Monitoring, drift: dict[str, Any], live: dict[str, Any]) -> Decision:
-    """Apply the spec's `monitoring` rules to a drift digest and live metrics (from the functions above)."""
-    checks = [_drift_check(policy, drift)]
-    if policy.retrain_on_prediction_drift and drift.get("report") is not None:
-        moved = bool(drift.get("prediction_drift"))
-        checks.append(Check("prediction_drift", float(moved), 1.0, moved,
-                            "the live scores drifted from the champion's scores on its training data" if moved
-                            else "the live scores look like the champion's scores on its training data"))
-    for metric, floor in (("roc_auc", policy.min_roc_auc), ("accuracy", policy.min_accuracy)):
-        if floor is not None:
-            checks.append(_metric_check(policy, live, metric, floor))
-    reasons = [c.reason for c in checks if c.retrain]
-    newest = live.get("newest_event")
-    window_end = (pd.Timestamp(newest).normalize() + pd.Timedelta(days=1)).date().isoformat() if newest else None
-    return Decision(bool(reasons), reasons, checks, window_end)
-
-
-def record_decision(spec: PipelineSpec, decision: Decision, drift: dict[str, Any], live: dict[str, Any],
-                    dag_run_id: str, dag_id: str = "", tracking_uri: str | None = None) -> str:
-    """Keep the decision and why: `decision.json` next to the run's report, an MLflow run in experiment
-    `<name>_monitoring` (metrics over time), and `monitor.*` tags on the champion's version.
-
-    Returns:
-        Where decision.json was written.
-    """
-    import mlflow
-
-    champion = drift.get("champion_version") or live.get("champion_version")
-    doc = {"dag_id": dag_id, "dag_run_id": dag_run_id, "model_name": spec.registered_model,
-           "champion_version": champion, **decision.to_dict(), "drift": drift, "live": live}
-    where = put_json(doc, monitor_report_dir(spec, dag_id, dag_run_id), DECISION_FILE)
-    experiment = tracking.use_experiment(f"{spec.name}_monitoring", tracking_uri)
-    metrics = {"live_rows": drift.get("rows"), "drifted_share": drift.get("drifted_share"),
-               "labelled_rows": live.get("labelled"),
-               **{f"live_{k}": v for k, v in (live.get("metrics") or {}).items()}}
-    # A retried task (or a rerun of the DAG run) records into the run it started before, not a second one.
-    earlier = tracking.client().search_runs([experiment], f"tags.`airflow.run_id` = '{dag_run_id}'", max_results=1)
-    with mlflow.start_run(run_id=earlier[0].info.run_id if earlier else None, experiment_id=experiment,
-                          run_name=f"{dag_id or 'monitor'} {drift.get('interval', '')}"):
-        mlflow.set_tags({"monitor.retrain": str(decision.retrain).lower(), "model.version": str(champion),
-                         "monitor.reasons": "; ".join(decision.reasons)[:5000] or "none",
-                         "airflow.dag_id": dag_id, "airflow.run_id": dag_run_id})
-        mlflow.log_metrics({k: float(v) for k, v in metrics.items() if v is not None})
-        mlflow.log_dict(doc, DECISION_FILE)
-    if champion:
-        verdict = ("retrain: " + "; ".join(decision.reasons)) if decision.retrain else "ok"
-        for key, value in {"monitor.decision": verdict[:5000], "monitor.run": dag_run_id}.items():
-            tracking.client().set_model_version_tag(spec.registered_model, champion, key, value)
-    return str(where)

@@ -18,7 +18,7 @@ from serving.app import create_app
 from serving.parquet import Column, write_table
 from serving.registry import ModelCache, ModelRef
 from serving.settings import Settings
-from tasks import monitor, registry, tracking
+from tasks import live_metrics, monitor, registry, retrain, tracking
 from tasks.config import Monitoring, load_spec
 from tasks.dataset import load_frame
 from tasks.evaluate import download_onnx
@@ -150,7 +150,7 @@ def test_injected_drift_reports_and_asks_train_and_deploy_for_a_retrain(world, t
     assert listed.summary["headline"].startswith("The data has drifted")
 
     # ... the decision and why, next to it, in MLflow and on the champion
-    decision = json.loads((folder / monitor.DECISION_FILE).read_text())
+    decision = json.loads((folder / retrain.DECISION_FILE).read_text())
     assert decision["retrain"] and len(decision["reasons"]) == 1, decision["checks"]
     assert decision["reasons"][0].startswith("6 of 15 features drifted (40% >= 30%): ")
     tags = registry.version_tags(spec.registered_model, world["version"])
@@ -182,7 +182,7 @@ def test_clean_traffic_keeps_the_champion_and_scores_it_on_arrived_outcomes(worl
     assert str(run.state) == "success", states
     assert states["trigger_retrain"] == "skipped" and _events(run.run_id) == []
     decision = json.loads((monitor.monitor_report_dir(spec, "monitor_production", run.run_id)
-                           / monitor.DECISION_FILE).read_text())
+                           / retrain.DECISION_FILE).read_text())
     assert not decision["retrain"] and decision["drift"]["status"] in ("ok", "warning")
 
     # ... and the champion's live metrics come from the outcomes that arrived (cancelled flights have none)
@@ -231,7 +231,7 @@ def test_ground_truth_arrives_by_key_in_chunks(spec, sqlite_url):
         flights = pd.read_sql("SELECT flight_id, arr_delay FROM flights ORDER BY flight_id LIMIT 1200 OFFSET 3000",
                               conn)
     ids = [str(i) for i in flights["flight_id"]] + ["999999999"]
-    truth = monitor.fetch_ground_truth(spec, sqlite_url, ids)  # 1201 keys: three queries
+    truth = live_metrics.fetch_ground_truth(spec, sqlite_url, ids)  # 1201 keys: three queries
     assert len(truth) == 1200 and list(truth.columns) == [spec.key, spec.event_time, spec.target.column]
     got = truth.set_index(spec.key)[spec.target.column].astype(float).sort_index()
     assert got.equals(flights.set_index(flights["flight_id"].astype(str))["arr_delay"].astype(float).sort_index())
@@ -244,14 +244,14 @@ def test_the_decision_names_its_reasons_and_what_it_could_not_judge():
              "features": 15, "drifted": ["temp", "humid", "wind_speed", "visib", "dest", "seats"]}
     live = {"labelled": 1500, "metrics": {"roc_auc": 0.58, "accuracy": 0.81}, "newest_event": "2013-12-31T23:59:00"}
 
-    decision = monitor.decide_retrain(policy, drift, live)
+    decision = retrain.decide_retrain(policy, drift, live)
     assert decision.retrain and decision.window_end == "2014-01-01"
     assert decision.reasons == [
         "6 of 15 features drifted (40% >= 30%): temp, humid, wind_speed, visib, dest, seats",
         "live ROC AUC 0.580 on 1,500 predictions with an arrived outcome is below 0.62"]
     assert [c.retrain for c in decision.checks] == [True, True, False]
 
-    quiet = monitor.decide_retrain(policy, {"report": None, "rows": 12, "champion_version": "3", "interval": "x"},
+    quiet = retrain.decide_retrain(policy, {"report": None, "rows": 12, "champion_version": "3", "interval": "x"},
                                    {"labelled": 40, "metrics": {"roc_auc": 0.5, "accuracy": 0.5}})
     assert not quiet.retrain and quiet.window_end is None
     assert [c.reason for c in quiet.checks] == [
