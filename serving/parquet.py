@@ -22,7 +22,10 @@ _BOOLEAN, _INT64, _FLOAT, _DOUBLE, _BYTE_ARRAY = 0, 2, 4, 5, 6
 _OPTIONAL = 1
 _UTF8, _TIMESTAMP_MICROS = 0, 10
 _PLAIN, _RLE = 0, 3
-_GZIP = 2
+_UNCOMPRESSED, _GZIP = 0, 2
+# Floats (features, probabilities) are near-random bytes: gzip saves little on them and was ~60 % of the
+# log writer's CPU. They are stored plain; strings, timestamps and labels, which compress well, are gzipped.
+_PLAIN_KINDS = ("float32", "float64")
 # Thrift compact protocol type ids
 _T_TRUE, _T_FALSE, _T_I32, _T_I64, _T_BINARY, _T_LIST, _T_STRUCT = 1, 2, 5, 6, 8, 9, 12
 
@@ -175,14 +178,21 @@ def _frame(value: str | bytes) -> bytes:
     return struct.pack("<I", len(data)) + data
 
 
+def _codec(col: Column) -> int:
+    return _UNCOMPRESSED if col.kind in _PLAIN_KINDS else _GZIP
+
+
 def _page(col: Column) -> tuple[bytes, int]:
-    """One gzip-compressed data page: bit-packed definition levels, then the non-null values."""
+    """One data page: bit-packed definition levels, then the non-null values; gzip unless a float column."""
     defined, values = _values(col)
     bits = np.packbits(defined, bitorder="little").tobytes()
     levels = _varint((len(bits) << 1) | 1) + bits  # one bit-packed run of ceil(n/8) groups of 8
     raw = struct.pack("<I", len(levels)) + levels + values
-    packer = zlib.compressobj(1, zlib.DEFLATED, 31)  # wbits 31: the gzip container Parquet's GZIP means
-    data = packer.compress(raw) + packer.flush()
+    if _codec(col) == _GZIP:
+        packer = zlib.compressobj(1, zlib.DEFLATED, 31)  # wbits 31: the gzip container Parquet's GZIP means
+        data = packer.compress(raw) + packer.flush()
+    else:
+        data = raw
     page = _Struct().i32(1, len(col.values)).i32(2, _PLAIN).i32(3, _RLE).i32(4, _RLE)
     header = _Struct().i32(1, 0).i32(2, len(raw)).i32(3, len(data)).struct(5, page).end()
     return header + data, len(header) + len(raw)
@@ -223,7 +233,7 @@ class ParquetWriter:
         for col in columns:
             page, uncompressed = _page(col)
             meta = (_Struct().i32(1, _PHYSICAL[col.kind]).list(2, _T_I32, [_PLAIN, _RLE])
-                    .list(3, _T_BINARY, [col.name]).i32(4, _GZIP).i64(5, rows).i64(6, uncompressed)
+                    .list(3, _T_BINARY, [col.name]).i32(4, _codec(col)).i64(5, rows).i64(6, uncompressed)
                     .i64(7, len(page)).i64(9, self._offset))
             chunks.append(_Struct().i64(2, self._offset).struct(3, meta))
             self._file.write(page)
