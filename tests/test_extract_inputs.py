@@ -111,6 +111,7 @@ def test_type_change_between_batches_is_a_schema_error():
     assert unify(schema, pa.RecordBatch.from_pydict({"seats": pa.nulls(2)}))[1].schema == schema
 
 
+@pytest.mark.reliability  # a fault of issue 10's list (README Reliability table)
 def test_killed_extract_leaves_nothing_visible_and_rerun_matches(spec, sqlite_url, data_root, tmp_path):
     script = textwrap.dedent(f"""
         import os, signal

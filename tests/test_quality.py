@@ -73,6 +73,7 @@ BROKEN = {
 }
 
 
+@pytest.mark.reliability  # a fault of issue 10's list (README Reliability table)
 @pytest.mark.parametrize("case", list(BROKEN))
 def test_broken_source_stops_with_the_rule_and_column(case, spec, sqlite_url, data_root):
     old, new, rule, column, fragment = BROKEN[case]
