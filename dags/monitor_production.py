@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import os
 from datetime import datetime, timedelta
-from typing import Any, NoReturn
+from typing import Any
 
 from airflow.sdk import Asset, CronDataIntervalTimetable, Param, dag, get_current_context, task
 
+from dags import common
 from dags.notifications import RunFailureNotifier
 
 # train_and_deploy is scheduled on this asset besides its nightly cron: an event here starts a retrain.
@@ -36,24 +37,11 @@ experiment `flights_monitoring`, and `monitor.decision` on the champion's model 
 """
 
 
-def _spec() -> Any:
-    from tasks.config import load_spec
-
-    return load_spec()
-
-
-def _fail(exc: Exception) -> NoReturn:
-    from airflow.sdk.exceptions import AirflowFailException
-
-    # Deterministic failures (missing reference data, a foreign log, a bad parameter): a retry changes nothing.
-    raise AirflowFailException(str(exc)) from exc
-
-
 def _param_time(params: dict[str, Any], name: str) -> datetime | None:
     try:
         return datetime.fromisoformat(params[name]) if params.get(name) else None
     except ValueError as exc:
-        _fail(ValueError(f"{name}={params[name]!r} is not an ISO 8601 time: {exc}"))
+        common.fail(ValueError(f"{name}={params[name]!r} is not an ISO 8601 time: {exc}"))
 
 
 def _interval() -> Any:
@@ -69,16 +57,7 @@ def _interval() -> Any:
     try:
         return Interval(start, end)
     except MonitoringError as exc:
-        _fail(exc)
-
-
-def _db_url(conn_id: str) -> str:
-    from airflow.sdk import Connection
-
-    from tasks.sources import sqlalchemy_url
-
-    conn = Connection.get(conn_id)  # credentials stay in the Airflow connection
-    return sqlalchemy_url(conn.conn_type, conn.host, conn.schema, conn.login, conn.password, conn.port)
+        common.fail(exc)
 
 
 def _monitor(call: Any) -> Any:
@@ -91,7 +70,7 @@ def _monitor(call: Any) -> Any:
     except NothingToMonitor as exc:
         raise AirflowSkipException(str(exc)) from exc
     except MonitoringError as exc:
-        _fail(exc)
+        common.fail(exc)
 
 
 @dag(
@@ -121,7 +100,7 @@ def monitor_production() -> None:
         from tasks import monitor
 
         ctx = get_current_context()
-        return _monitor(lambda: monitor.report_drift(_spec(), monitor.prediction_log_dir(), _interval(),
+        return _monitor(lambda: monitor.report_drift(common.spec(), monitor.prediction_log_dir(), _interval(),
                                                      ctx["run_id"], dag_id=ctx["dag"].dag_id))
 
     @task(**IO_RETRIES, doc_md="Score the champion's answers against what actually happened, for the flights that "
@@ -129,8 +108,8 @@ def monitor_production() -> None:
     def compute_live_metrics() -> dict[str, Any]:
         from tasks import live_metrics, monitor
 
-        spec, params = _spec(), get_current_context()["params"]
-        url = _db_url(spec.monitoring.ground_truth.connection) if spec.monitoring.ground_truth else None
+        spec, params = common.spec(), get_current_context()["params"]
+        url = common.connection_url(spec.monitoring.ground_truth.connection) if spec.monitoring.ground_truth else None
         return _monitor(lambda: live_metrics.compute_live_metrics(
             spec, monitor.prediction_log_dir(), _interval().end, url, hours=params.get("metrics_hours")))
 
@@ -139,7 +118,7 @@ def monitor_production() -> None:
     def decide_retrain(drift: dict[str, Any], live: dict[str, Any]) -> dict[str, Any]:
         from tasks import retrain
 
-        spec, ctx = _spec(), get_current_context()
+        spec, ctx = common.spec(), get_current_context()
         decision = retrain.decide_retrain(spec.monitoring, drift, live)
         record = retrain.record_decision(spec, decision, drift, live, ctx["run_id"], dag_id=ctx["dag"].dag_id)
         for check in decision.checks:

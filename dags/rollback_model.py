@@ -5,10 +5,11 @@ Wiring only: the checks and the alias move live in tasks/rollback.py and tasks/p
 
 from __future__ import annotations
 
-from typing import Any, NoReturn
+from typing import Any
 
 from airflow.sdk import Param, dag, get_current_context, task
 
+from dags import common
 from dags.notifications import RunFailureNotifier
 
 DOC = """
@@ -18,12 +19,6 @@ Trigger with the **target version** (default `previous`: the champion before the
 alias `champion` to it in one registry call (the current champion becomes `previous`) and records
 the move in the promotion log. The serving container follows within its poll interval.
 """
-
-
-def _fail(exc: Exception) -> NoReturn:
-    from airflow.sdk.exceptions import AirflowFailException
-
-    raise AirflowFailException(str(exc)) from exc
 
 
 @dag(
@@ -52,7 +47,7 @@ def rollback_model() -> None:
             version = resolve_target(spec, get_current_context()["params"]["target_version"])
             print(check_target(spec, version))
         except RollbackError as exc:
-            _fail(exc)
+            common.fail(exc)
         return version
 
     @task(retries=2, doc_md="Move alias `champion` to the target and record it in the promotion log.")
@@ -65,7 +60,7 @@ def rollback_model() -> None:
             return rollback(load_spec(), version, context["params"]["justification"],
                             context["dag_run"].triggering_user_name, context["run_id"])
         except RollbackError as exc:
-            _fail(exc)
+            common.fail(exc)
             raise
 
     move_champion(check_target())

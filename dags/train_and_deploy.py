@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import os
 from datetime import timedelta
-from typing import Any, NoReturn
+from typing import Any
 
 from airflow.sdk import Asset, AssetOrTimeSchedule, CronTriggerTimetable, Param, dag, get_current_context, task
 
+from dags import common
 from dags.notifications import RunFailureNotifier
 
 # monitor_production emits this (same name there) when the champion drifted or got worse live: a retrain.
@@ -26,12 +27,6 @@ it from the flights database, checks the data contract, trains a model, evaluate
 flights, writes a drift report, and promotes the model to **champion** only when it passes the
 gate. A failed step never changes what is served.
 """
-
-
-def _spec() -> Any:
-    from tasks.config import load_spec
-
-    return load_spec()
 
 
 def _window(params: dict[str, Any], spec: Any) -> Any:
@@ -52,7 +47,7 @@ def _window(params: dict[str, Any], spec: Any) -> Any:
     if params.get("window_start"):
         start = datetime.fromisoformat(params["window_start"])
         if start >= end:
-            _fail(ValueError(f"window_start {start:%Y-%m-%d} is not before the window end {end:%Y-%m-%d}"))
+            common.fail(ValueError(f"window_start {start:%Y-%m-%d} is not before the window end {end:%Y-%m-%d}"))
         return Window(start, end)
     days = params.get("window_days") or spec.window_days
     return Window(end - timedelta(days=days), end)
@@ -71,15 +66,8 @@ def _check_conf(ctx: Any) -> None:
     # Against the declared form, not ctx["params"]: Airflow adds a conf's extra keys to the params.
     unknown = sorted(set(ctx["dag_run"].conf or {}) - set(PARAMS))
     if unknown:
-        _fail(ValueError(f"unknown trigger parameter(s) {', '.join(unknown)}; this DAG takes "
+        common.fail(ValueError(f"unknown trigger parameter(s) {', '.join(unknown)}; this DAG takes "
                          f"{', '.join(sorted(PARAMS))}"))
-
-
-def _fail(exc: Exception) -> NoReturn:
-    from airflow.sdk.exceptions import AirflowFailException
-
-    # Deterministic failures (bad data, rejected candidate): no retry would change the answer.
-    raise AirflowFailException(str(exc)) from exc
 
 
 # The trigger form (Params with JSON schema): the UI renders it, the REST API validates against it.
@@ -128,23 +116,17 @@ def train_and_deploy() -> None:
     @task(retries=2, retry_delay=timedelta(seconds=20), retry_exponential_backoff=2.0,
           doc_md="Snapshot the training window from the flights database and the airports file.")
     def extract() -> str:
-        from airflow.sdk import Connection
-
         from tasks.config import SqlSource
         from tasks.extract import EmptyExtractError, extract_snapshot
         from tasks.snapshot import SchemaError
-        from tasks.sources import sqlalchemy_url
 
         _check_conf(get_current_context())
-        spec = _spec()
-        url = None
-        if isinstance(spec.primary, SqlSource):  # credentials come from the Airflow connection
-            conn = Connection.get(spec.primary.connection)
-            url = sqlalchemy_url(conn.conn_type, conn.host, conn.schema, conn.login, conn.password, conn.port)
+        spec = common.spec()
+        url = common.connection_url(spec.primary.connection) if isinstance(spec.primary, SqlSource) else None
         try:
             manifest = extract_snapshot(spec, _window(get_current_context()["params"], spec), url)
         except (EmptyExtractError, SchemaError) as exc:
-            _fail(exc)  # the data says so: retrying gives the same answer; an unreachable source retries
+            common.fail(exc)  # the data says so: retrying gives the same answer; an unreachable source retries
             raise
         print(f"snapshot {manifest['path']}: {manifest['rows']} rows, fingerprint {manifest['fingerprint']}")
         return str(manifest["path"])
@@ -156,7 +138,7 @@ def train_and_deploy() -> None:
         from tasks.quality import QualityError, evaluate_contract, format_table, raise_for_failures
         from tasks.quality_report import log_failed_run, write_result
 
-        spec, run_id = _spec(), get_current_context()["run_id"]
+        spec, run_id = common.spec(), get_current_context()["run_id"]
         result = evaluate_contract(spec, as_path(snapshot))
         print(format_table(result))
         print(f"result document: {write_result(spec, result, run_id)}")
@@ -164,7 +146,7 @@ def train_and_deploy() -> None:
             return raise_for_failures(result)  # a passing result travels on to train's MLflow run
         except QualityError as exc:
             print(f"logged on the FAILED MLflow run {log_failed_run(spec, result, run_id)}")
-            _fail(exc)
+            common.fail(exc)
             raise
 
     # TRAIN_QUEUE=gpu routes training to a GPU worker (docker compose --profile gpu); without one it stays
@@ -180,7 +162,7 @@ def train_and_deploy() -> None:
         params = context["params"]
         overrides = {k: params.get(k) for k in ("epochs", "learning_rate", "batch_size")}
         lineage = {"airflow.dag_id": context["dag"].dag_id, "airflow.run_id": context["run_id"]}
-        return train_model(_spec(), as_path(snapshot), quality, overrides, lineage=lineage)
+        return train_model(common.spec(), as_path(snapshot), quality, overrides, lineage=lineage)
 
     @task(doc_md="Score the newest flights with the exported model; check ONNX matches torch.")
     def evaluate(snapshot: str, candidate: dict[str, Any]) -> dict[str, Any]:
@@ -188,9 +170,9 @@ def train_and_deploy() -> None:
         from tasks.evaluate import ParityError, evaluate_model
 
         try:
-            return evaluate_model(_spec(), as_path(snapshot), candidate["run_id"], candidate["model_version"])
+            return evaluate_model(common.spec(), as_path(snapshot), candidate["run_id"], candidate["model_version"])
         except ParityError as exc:
-            _fail(exc)
+            common.fail(exc)
             raise
 
     @task(doc_md="Write the Evidently drift report (data, candidate's scores, target): this window against the "
@@ -199,7 +181,7 @@ def train_and_deploy() -> None:
         from tasks.report import write_run_report
 
         context = get_current_context()
-        return write_run_report(_spec(), snapshot, candidate["run_id"], candidate["model_version"],
+        return write_run_report(common.spec(), snapshot, candidate["run_id"], candidate["model_version"],
                                 context["run_id"], dag_id=context["dag"].dag_id,
                                 run_date=context["dag_run"].run_after.isoformat())
 
@@ -213,13 +195,13 @@ def train_and_deploy() -> None:
         context = get_current_context()
         choice = context["params"].get("gate") or {"mode": "enforce"}
         try:
-            return decide_promotion(_spec(), as_path(snapshot), candidate["run_id"], candidate["model_version"],
+            return decide_promotion(common.spec(), as_path(snapshot), candidate["run_id"], candidate["model_version"],
                                     evaluation, quality, mode=choice["mode"],
                                     justification=choice.get("justification"),
                                     user=context["dag_run"].triggering_user_name, dag_run_id=context["run_id"],
                                     drift_dir=report)
         except GateRejected as exc:
-            _fail(exc)
+            common.fail(exc)
             raise
 
     @task(retries=2, retry_delay=timedelta(seconds=20), retry_exponential_backoff=2.0,
@@ -232,7 +214,7 @@ def train_and_deploy() -> None:
 
         if not verdict["promote"]:
             raise AirflowSkipException(f"nothing to promote: {verdict['reason']}")
-        spec = _spec()
+        spec = common.spec()
         tracking.use_experiment(spec.name)
         return promote_verdict(spec, verdict, get_current_context()["run_id"])
 

@@ -21,8 +21,7 @@ import pyarrow.dataset as ds
 from serving.predlog import RESERVED
 from tasks import registry, settings, tracking
 from tasks.config import PipelineSpec
-from tasks.report import find_snapshot, publish, report_dir
-from tasks.snapshot import read_manifest
+from tasks.report import champion_data, publish, report_dir
 
 log = logging.getLogger(__name__)
 PARTITIONS = pa.schema([("dt", pa.string()), ("hr", pa.string())])  # strings: "05" stays "05", dates compare
@@ -114,25 +113,15 @@ def champion_version(spec: PipelineSpec, tracking_uri: str | None = None) -> str
 
 
 def champion_reference(spec: PipelineSpec, champion: str) -> Any:
-    """The data the champion was trained on, found by the fingerprint on its model version (a `drift.Side`).
+    """The data the champion was trained on, found by the fingerprint on its version (a `drift.Side`).
 
     Raises:
         MonitoringError: that data is gone from the data store.
     """
-    from tasks.dataset import load_frame
-    from tasks.drift import Side
-
-    tags = registry.version_tags(spec.registered_model, champion)
-    fingerprint = tags.get("data.fingerprint", "")
-    found = find_snapshot(spec, fingerprint, tags.get("data.snapshot")) if fingerprint else None
-    if found is None:
-        raise MonitoringError(f"the data champion v{champion} was trained on (fingerprint "
-                              f"{fingerprint[:12] or 'unrecorded'}) is not in the data store {spec.data_root_path}: "
-                              "nothing to compare live requests with")
-    window = read_manifest(found).get("window") or {}
-    span = f"{str(window.get('start', '?'))[:10]} to {str(window.get('end', '?'))[:10]}"
-    description = f"the data champion v{champion} was trained on ({span})"
-    return Side(load_frame(spec, found), description, str(found), fingerprint)
+    reference, why = champion_data(spec, champion)
+    if reference is None:
+        raise MonitoringError(f"{why} ({spec.data_root_path}): nothing to compare live requests with")
+    return reference
 
 
 def monitor_report_dir(spec: PipelineSpec, dag_id: str, dag_run_id: str) -> Path:

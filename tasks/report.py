@@ -67,6 +67,21 @@ def _window(manifest: dict[str, Any]) -> str:
     return f"{str(window.get('start', '?'))[:10]} to {str(window.get('end', '?'))[:10]}"
 
 
+def champion_data(spec: PipelineSpec, champion: str) -> tuple[Side | None, str]:
+    """(the data `champion` was trained on, found by the fingerprint on its version, ""), or (None, why not)."""
+    from tasks.dataset import load_frame
+    from tasks.drift import Side
+
+    tags = registry.version_tags(spec.registered_model, champion)
+    fingerprint = tags.get("data.fingerprint", "")
+    found = find_snapshot(spec, fingerprint, tags.get("data.snapshot")) if fingerprint else None
+    if found is None:
+        return None, (f"the data champion v{champion} was trained on (fingerprint {fingerprint[:12] or 'unrecorded'})"
+                      " is no longer in the data store")
+    description = f"the data champion v{champion} was trained on ({_window(read_manifest(found))})"
+    return Side(load_frame(spec, found), description, str(found), fingerprint), ""
+
+
 def compare_sides(spec: PipelineSpec, snapshot: Path, champion: str | None) -> tuple[Side, Side]:
     """(current, reference): this window against the data the champion was trained on.
 
@@ -82,14 +97,9 @@ def compare_sides(spec: PipelineSpec, snapshot: Path, champion: str | None) -> t
     current = Side(frame, f"this window ({_window(manifest)})", str(snapshot), manifest["fingerprint"])
     why = "there is no champion yet"
     if champion is not None:
-        tags = registry.version_tags(spec.registered_model, champion)
-        fingerprint = tags.get("data.fingerprint", "")
-        found = find_snapshot(spec, fingerprint, tags.get("data.snapshot")) if fingerprint else None
-        if found is not None:
-            description = f"the data champion v{champion} was trained on ({_window(read_manifest(found))})"
-            return current, Side(load_frame(spec, found), description, str(found), fingerprint)
-        why = (f"the data champion v{champion} was trained on (fingerprint {fingerprint[:12] or 'unrecorded'}) "
-               "is no longer in the data store")
+        reference, why = champion_data(spec, champion)
+        if reference is not None:
+            return current, reference
         log.warning("drift reference: %s; comparing the halves of this window instead", why)
     older, newer = split_window(frame)
     return (Side(newer, f"the newer half of this window ({_window(manifest)})", str(snapshot),

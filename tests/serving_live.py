@@ -8,7 +8,6 @@ import hashlib
 import http.client
 import json
 import os
-import socket
 import subprocess
 import sys
 import threading
@@ -18,6 +17,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import onnx
+from live_airflow import free_port
 from onnx import TensorProto, helper
 
 REPO = Path(__file__).resolve().parent.parent
@@ -56,12 +56,6 @@ def tiny_onnx(numeric: list[str], categorical: list[str], weight: float = 0.001)
     model.metadata_props.append(onnx.StringStringEntryProto(key="threshold", value="0.5"))
     onnx.checker.check_model(model)
     return model.SerializeToString()
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def call(base: str, method: str, path: str, body: bytes | dict | None = None,

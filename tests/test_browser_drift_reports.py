@@ -34,6 +34,8 @@ from tasks.report import report_id
 pytestmark = pytest.mark.slow
 WAIT_S = 60
 EVIDENTLY_DRIFT_TITLE = "Share of Drifted Columns"  # a widget Evidently renders with JS: the report is not blank
+# An iframe's target can be attached before its document has a body: not rendered yet, rather than an error.
+RENDERED = f"!!document.body && document.body.innerText.includes({json.dumps(EVIDENTLY_DRIFT_TITLE)})"
 
 
 class Page:
@@ -228,7 +230,7 @@ def test_a_logged_in_browser_reads_the_drift_reports(spec, tmp_path):
 
         # And a report opens in full: Evidently renders its widgets, not an empty or error page.
         assert page.goto(f"{base}/drift-reports/reports/{newest}") == 200
-        page.wait_for(f"document.body.innerText.includes({json.dumps(EVIDENTLY_DRIFT_TITLE)})", "Evidently's widgets")
+        page.wait_for(RENDERED, "Evidently's widgets")
         assert "carrier" in page.text() and len(page.text()) > 500
         page.screenshot(tmp_path / "drift-report.png")
 
@@ -237,7 +239,7 @@ def test_a_logged_in_browser_reads_the_drift_reports(spec, tmp_path):
         page.wait_for("!!document.querySelector('iframe[title=\"Drift report\"]')", "the run's Drift report tab")
         # The tab's iframe asks for /drift-reports/runs/<dag>/<run>, is redirected to the report, renders it.
         frame = page.frame_session(f"/drift-reports/reports/{newest}")
-        page.wait_for(f"document.body.innerText.includes({json.dumps(EVIDENTLY_DRIFT_TITLE)})",
+        page.wait_for(RENDERED,
                       "the report inside the run tab", frame)
         page.screenshot(tmp_path / "dag-run-tab.png")
 

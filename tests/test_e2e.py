@@ -4,23 +4,17 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import subprocess
 import sys
 from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
+from live_airflow import free_port
 from starlette.testclient import TestClient
 
 REPO = Path(__file__).resolve().parent.parent
 pytestmark = pytest.mark.slow
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _run(dag, day: datetime, conf: dict) -> dict[str, str]:
@@ -33,7 +27,7 @@ def mlflow_server(state_dir):
     sys.path.insert(0, str(REPO))
     from examples.procs import mlflow_server_cmd, wait_for
 
-    port = _free_port()
+    port = free_port()
     proc = subprocess.Popen(mlflow_server_cmd(state_dir, port), stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL, start_new_session=True)
 

@@ -17,6 +17,7 @@ from pathlib import Path
 import _workers
 import pytest
 from conftest import JUNE_WEEK
+from live_airflow import free_port
 
 from tasks import registry, tracking
 from tasks.extract import extract_snapshot
@@ -72,14 +73,6 @@ def test_11_two_extracts_of_one_window_at_once_publish_one_whole_snapshot(world,
         p.name for p in (folder / JUNE_WEEK.slug).glob("*.parquet"))
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def test_5_mlflow_down_during_promote_moves_nothing_and_the_retry_promotes_once(world, state_dir, monkeypatch):
     from examples.procs import mlflow_server_cmd, wait_for
 
@@ -87,7 +80,7 @@ def test_5_mlflow_down_during_promote_moves_nothing_and_the_retry_promotes_once(
     candidate = train_model(spec, snapshot, {"passed": True}, {"epochs": 2, "batch_size": 256})
     before = registry.champion_version(spec.registered_model)
     verdict = {"promote": True, "candidate": candidate["model_version"], "mode": "enforce", "status": "passed"}
-    port = _free_port()
+    port = free_port()
     url = f"http://127.0.0.1:{port}"
     store = os.environ["MLFLOW_TRACKING_URI"]  # the server serves this same store
     server_cmd = mlflow_server_cmd(state_dir, port)
