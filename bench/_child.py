@@ -8,7 +8,7 @@ Variants:
     baseline  pandas.read_sql + merge with the file sources + to_parquet (what users write today)
     copy      PostgreSQL only: `COPY (query) TO STDOUT` through psycopg 3 into a null sink, the
               window inlined as timestamp literals (the ceiling: no conversion, no Parquet)
-    copy-binary  the same with (FORMAT binary), the wire format the ADBC driver reads (context only)
+    copy-binary  the same with (FORMAT binary), the wire format the extractor reads (context only)
 """
 
 from __future__ import annotations
@@ -36,9 +36,8 @@ from tasks.snapshot import Window
 with contextlib.suppress(ImportError):  # PostgreSQL drivers: absent is fine for the SQLite bench
     import psycopg
     import psycopg2  # noqa: F401 - SQLAlchemy's postgresql+psycopg2 driver
-with contextlib.suppress(ImportError):  # the extractor may load these lazily
-    import adbc_driver_manager.dbapi  # noqa: F401
-    import adbc_driver_postgresql.dbapi  # noqa: F401
+with contextlib.suppress(ImportError):  # the extractor loads it lazily
+    import duckdb  # noqa: F401
 
 # `:start` / `:end` bind parameters, not `::type` casts.
 _PARAM = re.compile(r"(?<![:\w]):(start|end)\b")

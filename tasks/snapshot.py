@@ -92,15 +92,22 @@ def unify(schema: pa.Schema, batch: pa.RecordBatch) -> tuple[pa.Schema, pa.Recor
     return unified, pa.RecordBatch.from_arrays(arrays, schema=unified)
 
 
-def _repeating(table: pa.Table) -> list[str]:
-    """Columns whose values repeat enough for dictionary encoding to pay, judged on `table`."""
-    names = []
+def _encodings(table: pa.Table) -> tuple[list[str], dict[str, str]]:
+    """(columns to dictionary-encode, {column: encoding} for the rest), judged on `table`.
+
+    Integers are delta-encoded: cheaper to write than a dictionary and smaller (ids, counts and
+    codes are close to their neighbours). Other columns get a dictionary only where values repeat.
+    """
+    names, encodings = [], {}
     for name, column in zip(table.column_names, table.columns, strict=True):
+        if pa.types.is_integer(column.type):
+            encodings[name] = "DELTA_BINARY_PACKED"
+            continue
         if pa.types.is_nested(column.type) or pa.types.is_null(column.type):
             continue
         if pc.count_distinct(column).as_py() <= DICTIONARY_MAX_DISTINCT_SHARE * max(len(column), 1):
             names.append(name)
-    return names
+    return names, encodings
 
 
 class SnapshotWriter:
@@ -130,6 +137,8 @@ class SnapshotWriter:
         self.rows = 0
         self.files: list[dict[str, Any]] = []
         self._content: ContentHash | None = None
+        # Decided on the first row group and kept for every file.
+        self._encodings: tuple[list[str], dict[str, str]] | None = None
         self._queue: queue.Queue[pa.RecordBatch | None] = queue.Queue(maxsize=4)
         self._error: BaseException | None = None
         self._thread = threading.Thread(target=self._drain, name="snapshot-writer", daemon=True)
@@ -171,7 +180,11 @@ class SnapshotWriter:
                     if writer is None:
                         name = self._part_name(len(self.files))
                         sink = self.tmp / name if self.local else (self.tmp / name).open("wb")
-                        writer = pq.ParquetWriter(sink, table.schema, use_dictionary=_repeating(table))
+                        if self._encodings is None:
+                            self._encodings = _encodings(table)
+                        dictionary, encodings = self._encodings
+                        writer = pq.ParquetWriter(sink, table.schema, use_dictionary=dictionary,
+                                                  column_encoding=encodings)
                         self.files.append({"path": name, "rows": 0, "_sink": sink})
                     writer.write_table(table, row_group_size=ROW_GROUP_ROWS)
                     self.files[-1]["rows"] += table.num_rows

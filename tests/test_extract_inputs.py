@@ -71,6 +71,32 @@ def test_postgres_timestamptz_keeps_the_instant():
     assert batch.column(0)[0].as_py() == datetime(2013, 6, 1, 9, 15, tzinfo=UTC)
 
 
+def test_postgres_bound_values_arrive_verbatim_never_as_sql():
+    # Values that would break (or inject into) SQL or a libpq options string if formatted into either.
+    text = "it's a \\ test'; DROP TABLE extract_canary; --"
+    at = datetime(2013, 6, 1, 5, 15, 30, 250000)
+    engine = sa.create_engine(POSTGRES_URL)
+    with engine.begin() as conn:
+        conn.execute(sa.text("CREATE TABLE IF NOT EXISTS extract_canary (x int)"))
+    batch = next(read_batches(POSTGRES_URL, "SELECT :s::text AS s, :at AS at, :n AS n, :flag AS flag;",
+                              {"s": text, "at": at, "n": 7, "flag": True}, "params"))
+    assert batch.to_pylist() == [{"s": text, "at": at, "n": 7, "flag": True}]
+    with engine.connect() as conn:  # still there
+        assert conn.execute(sa.text("SELECT to_regclass('extract_canary') IS NOT NULL")).scalar_one()
+    engine.dispose()
+
+
+def test_postgres_login_failure_names_the_database_but_never_the_password():
+    secret = "s3cr'et pass"
+    url = f"postgresql+psycopg2://nobody:{secret.replace(' ', '%20')}@127.0.0.1:5432/test"
+    with pytest.raises(SourceError) as caught:
+        list(read_batches(url, "SELECT 1", {}, "flights"))
+    message = str(caught.value)
+    assert "source 'flights': cannot connect to postgresql+psycopg2://nobody:***@127.0.0.1:5432/test" in message
+    assert 'role "nobody" does not exist' in message
+    assert "s3cr" not in message and "s3cr" not in repr(caught.value.__cause__)
+
+
 @pytest.mark.parametrize("url", [POSTGRES_URL, "sqlite"], ids=["postgres", "sqlite"])
 def test_sql_error_names_the_source_and_the_problem(url, tmp_path, sqlite_url):
     url = sqlite_url if url == "sqlite" else url
