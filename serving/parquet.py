@@ -137,9 +137,9 @@ def _values(col: Column) -> tuple[np.ndarray, bytes]:
     if isinstance(col.values, np.ndarray) and col.kind != "string":
         return np.ones(len(col.values), dtype=bool), col.values.astype(_NUMPY[col.kind]).tobytes()
     if col.kind == "string" and isinstance(col.values, np.ndarray) and col.values.dtype.kind == "U":
-        framed = _frame_array(col.values)
-        if framed is not None:
-            return np.ones(len(col.values), dtype=bool), framed
+        packed = _frame_array(col.values)
+        if packed is not None:
+            return np.ones(len(col.values), dtype=bool), packed
     values = col.values.tolist() if isinstance(col.values, np.ndarray) else list(col.values)
     if None in values:
         defined = np.fromiter((v is not None for v in values), dtype=bool, count=len(values))
