@@ -1,8 +1,8 @@
 """`python -m bench.serve` (make bench-serve): our model server vs `mlflow models serve` vs a raw-ASGI hello world.
 
 One champion, registered the way training registers it (ONNX logged with mlflow.onnx, checksum tag, alias
-`champion`) in a throwaway MLflow server, or the champion of --registry URL. On loopback, one server
-process at a time, each loaded from a separate load process:
+`champion`) in a throwaway MLflow server, or the champion of --registry URL. On loopback, one server at a
+time, each loaded from a separate load process; (a) and (c) run BENCH_SERVE_WORKERS (2) processes each:
     (a) ours      python -m serving, following the champion through the registry's REST API; validation,
                   metrics and the prediction log (every request) on, as in production
     (b) mlflow    mlflow models serve --env-manager local, the same model version
@@ -40,6 +40,8 @@ REPO = Path(__file__).resolve().parent.parent
 SECONDS = float(os.environ.get("BENCH_SERVE_SECONDS", "15"))
 WARMUP_SECONDS = 3.0
 CONCURRENCY, BATCH_ROWS, BATCH_CONCURRENCY = 32, 1000, 4
+# Server processes for (a) and (c) alike: one per core of this 2-core machine (SERVING_WORKERS).
+WORKERS = int(os.environ.get("BENCH_SERVE_WORKERS", "2"))
 FLIGHT = {"distance": 2475.0, "sched_dep_hour": 17.0, "temp": 80.1, "humid": 60.0, "wind_speed": 10.4,
           "precip": 0.0, "visib": 10.0, "plane_year": 2005.0, "seats": 180.0, "dest_lat": 33.94,
           "dest_lon": -118.41, "dest_alt": 126.0, "carrier": "AA", "origin": "JFK", "dest": "LAX"}
@@ -262,11 +264,12 @@ async def hello(scope: dict[str, Any], receive: Any, send: Any) -> None:
     await send({"type": "http.response.body", "body": b'{"hello":"world"}'})
 
 
-def serve_hello(port: int) -> None:
+def serve_hello(port: int, workers: int) -> None:
     from serving.__main__ import run
     from serving.settings import Settings
 
-    run(hello, Settings.from_env({"SERVING_PORT": str(port), "SERVING_PREDICTION_LOG_DIR": ""}))
+    run("bench.serve:hello", Settings.from_env({"SERVING_PORT": str(port), "SERVING_PREDICTION_LOG_DIR": "",
+                                                "SERVING_WORKERS": str(workers)}), factory=False)
 
 
 def inprocess_rows_per_s(path: Path, records: list[dict[str, Any]], seconds: float = 5.0) -> float:
@@ -312,12 +315,15 @@ def main() -> None:
         work = Path(tmp)
         print(f"measured {time.strftime('%Y-%m-%d %H:%M %Z')}; {os.cpu_count()} CPUs ({platform.processor() or '?'}),"
               f" load average {os.getloadavg()[0]:.2f}; load generator: "
-              f"{'wrk -t1' if shutil.which('wrk') else 'Python client (no wrk on PATH)'}; {SECONDS:g} s per run")
+              f"{'wrk -t1' if shutil.which('wrk') else 'Python client (no wrk on PATH)'}; {SECONDS:g} s per run; "
+              f"{WORKERS} server process(es) for (a) and (c) (BENCH_SERVE_WORKERS)")
         registry = args.registry
         if registry is None:
             port = free_port()
-            mlflow_server = stack.enter_context(process(mlflow_server_cmd(work / "state", port), log,
-                                                        {"MLFLOW_TRACKING_URI": f"sqlite:///{work / 'mlflow.db'}"}))
+            # A throwaway store: never the project's (make exports MLFLOW_TRACKING_URI for the demo's).
+            store = f"sqlite:///{work / 'mlflow.db'}"
+            mlflow_server = stack.enter_context(process(mlflow_server_cmd(work / "state", port, store), log,
+                                                        {"MLFLOW_TRACKING_URI": store}))
             registry = f"http://127.0.0.1:{port}"
             if wait_ok(f"{registry}/health", 120, mlflow_server) is None:
                 raise SystemExit(f"MLflow server did not start; see {log}")
@@ -331,7 +337,8 @@ def main() -> None:
         results: dict[str, dict[str, float]] = {}
         ours_port, hello_port = free_port(), free_port()
         ours_env = {"MODEL_NAME": name, "MLFLOW_SERVER_URL": registry, "SERVING_PORT": str(ours_port),
-                    "SERVING_CACHE_DIR": str(work / "cache"), "SERVING_PREDICTION_LOG_DIR": str(work / "predictions")}
+                    "SERVING_CACHE_DIR": str(work / "cache"), "SERVING_PREDICTION_LOG_DIR": str(work / "predictions"),
+                    "SERVING_WORKERS": str(WORKERS)}
         ours_url = f"http://127.0.0.1:{ours_port}"
         for _ in range(max(args.rounds, 1)):
             with process([_python(), "-m", "serving"], log, ours_env) as proc:
@@ -344,7 +351,7 @@ def main() -> None:
                         f"{ours_url}/metrics", "serving_batch_requests_count")
                     results["ours"]["per_call"] = merged
                     _batches(results, ours_url, name, records, work)
-            with process([_python(), "-m", "bench.serve", "hello", str(hello_port)], log) as proc:
+            with process([_python(), "-m", "bench.serve", "hello", str(hello_port), str(WORKERS)], log) as proc:
                 hello_url = f"http://127.0.0.1:{hello_port}/"
                 if wait_ok(hello_url, 60, proc) is None:
                     raise SystemExit(f"hello-world server did not start; see {log}")
@@ -437,7 +444,7 @@ def _report(r: dict[str, dict[str, float]], ready_s: float | None) -> None:
 
 if __name__ == "__main__":
     if len(sys.argv) > 1 and sys.argv[1] == "hello":
-        serve_hello(int(sys.argv[2]))
+        serve_hello(int(sys.argv[2]), int(sys.argv[3]))
     elif len(sys.argv) > 1 and sys.argv[1] == "load-client":
         load_client(sys.argv[2], sys.argv[3], int(sys.argv[4]), float(sys.argv[5]), sys.argv[6])
     else:

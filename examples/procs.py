@@ -54,7 +54,9 @@ def stop(procs: list[subprocess.Popen[bytes]]) -> None:
         proc.wait(timeout=30)
 
 
-def mlflow_server_cmd(state_dir: Path, port: int) -> list[str]:
+def mlflow_server_cmd(state_dir: Path, port: int, backend: str | None = None) -> list[str]:
+    """`mlflow server` on `port`; its store is `backend`, else MLFLOW_TRACKING_URI, else one under `state_dir`."""
+    backend = backend or os.environ.get("MLFLOW_TRACKING_URI", f"sqlite:///{state_dir}/mlflow/mlflow.db")
     return [str(BIN / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
-            "--backend-store-uri", os.environ.get("MLFLOW_TRACKING_URI", f"sqlite:///{state_dir}/mlflow/mlflow.db"),
+            "--backend-store-uri", backend,
             "--artifacts-destination", str(state_dir / "mlflow" / "artifacts")]

@@ -2,40 +2,48 @@
 
 from __future__ import annotations
 
-import gc
 import logging
-import sys
+import os
+import shutil
+import tempfile
 from typing import Any
 
 import uvicorn
 
-from serving.app import create_app
-from serving.settings import Settings
+from serving.metrics import SHARE_VAR
+from serving.settings import APP_VAR, FACTORY_VAR, Settings
 from serving.upgrade import IgnoreUpgradeProtocol
 
 
 def server_options(settings: Settings) -> dict[str, Any]:
     """uvicorn's settings; bench/serve.py runs its hello-world ceiling with the same ones."""
     return {"host": settings.host, "port": settings.port, "log_level": "info", "access_log": settings.access_log,
-            "loop": "auto", "http": IgnoreUpgradeProtocol, "lifespan": "on", "timeout_graceful_shutdown": 30}
+            "loop": "auto", "http": IgnoreUpgradeProtocol, "lifespan": "on", "timeout_graceful_shutdown": 30,
+            "workers": settings.workers}
 
 
-def run(app: Any, settings: Settings) -> None:
-    """Serve `app` until SIGTERM/SIGINT (bench/serve.py starts its hello-world ceiling through here too)."""
-    # The imported libraries live until exit: out of every garbage collection, which then only walks
-    # the objects requests create (a full collection over numpy/onnxruntime's objects costs milliseconds).
-    gc.collect()
-    gc.freeze()
-    # The runtime and prediction-log threads hand the interpreter back to the event loop within 0.5 ms
-    # (default 5 ms: a request can wait that long behind a log slice).
-    sys.setswitchinterval(0.0005)
-    uvicorn.run(app, **server_options(settings))
+def run(target: str, settings: Settings, factory: bool = True) -> None:
+    """Serve the ASGI app `target` ("module:attribute"; with `factory`, called to make it) until
+    SIGTERM/SIGINT, in `settings.workers` processes (bench/serve.py starts its ceiling through here too).
+
+    Each process imports serving.worker, which makes the app there: never import it before this.
+    """
+    os.environ[APP_VAR], os.environ[FACTORY_VAR] = target, "1" if factory else "0"
+    share = None
+    if settings.workers > 1:
+        # The workers' metrics meet here: each scrape answers for all of them (serving/metrics.py).
+        share = tempfile.mkdtemp(prefix="serving-metrics-")
+        os.environ[SHARE_VAR] = share
+    try:
+        uvicorn.run("serving.worker:app", **server_options(settings))
+    finally:
+        if share is not None:
+            shutil.rmtree(share, ignore_errors=True)
 
 
 def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    settings = Settings.from_env()
-    run(create_app(settings), settings)
+    run("serving.app:create_app", Settings.from_env())
 
 
 if __name__ == "__main__":

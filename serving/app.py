@@ -11,8 +11,10 @@ import asyncio
 import contextlib
 import hmac
 import logging
+import os
 import time
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Any
 
 from serving.follower import Follower
@@ -36,7 +38,7 @@ from serving.http import (
     read_body,
     send_reply,
 )
-from serving.metrics import CONTENT_TYPE, Metrics
+from serving.metrics import CONTENT_TYPE, SHARE_VAR, Metrics
 from serving.model import InputError, OnnxModel
 from serving.openapi import document
 from serving.predictor import LogTag, Predictor
@@ -63,6 +65,9 @@ class ServingApp:
         self.router = Router(self.routes())
         self._token = f"Bearer {settings.auth_token}".encode() if settings.auth_token else None
         self._poller: asyncio.Task[None] | None = None
+        # Set when this is one of several server processes: where their metrics meet.
+        self._share = Path(os.environ[SHARE_VAR]) if os.environ.get(SHARE_VAR) else None
+        self._sharer: asyncio.Task[None] | None = None
 
     def routes(self) -> list[Route]:
         model_routes = [
@@ -127,6 +132,8 @@ class ServingApp:
         return json_reply({"name": m.name, "ready": True, "model_version": m.version}, model_version=m.version)
 
     async def prometheus(self, req: Request) -> Reply:
+        if self._share is not None:
+            return Reply(self.metrics.render_shared(self._share), content_type=CONTENT_TYPE)
         return Reply(self.metrics.render(), content_type=CONTENT_TYPE)
 
     async def openapi(self, req: Request) -> Reply:
@@ -224,16 +231,19 @@ class ServingApp:
             self.predlog.start()
         first_poll = asyncio.Event()
         self._poller = asyncio.create_task(self._follow(first_poll))
+        if self._share is not None:
+            self._sharer = asyncio.create_task(self._share_metrics(self._share))
         if self.follower.predictor is None and self.follower.client is not None:
             # Nothing cached: give the registry a moment, so a first start is ready when it listens.
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(first_poll.wait(), self.settings.startup_wait_seconds)
 
     async def shutdown(self) -> None:
-        if self._poller is not None:
-            self._poller.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._poller
+        for task in (self._poller, self._sharer):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
         if self.predlog is not None:
             await asyncio.to_thread(self.predlog.close)
         self.runtime.shutdown(wait=False)
@@ -246,6 +256,16 @@ class ServingApp:
                 log.exception("registry poll crashed")
             first_poll.set()
             await asyncio.sleep(self.settings.poll_seconds)
+
+
+    async def _share_metrics(self, folder: Path) -> None:
+        """Every second, this process's counters for the scrapes the other processes answer."""
+        while True:
+            try:
+                self.metrics.share(folder)
+            except OSError as exc:
+                log.warning("could not share metrics in %s: %s", folder, exc)
+            await asyncio.sleep(1.0)
 
 
 def _metadata(m: OnnxModel) -> dict[str, Any]:

@@ -1,19 +1,26 @@
 """Prometheus metrics in the text exposition format (format 0.0.4), kept as plain counters.
 
 No client library: the set is small and fixed, and an observation is one dict update and one
-bisect, cheap enough for every request of the hot path.
+bisect, cheap enough for every request of the hot path. With several server processes
+(SERVING_WORKERS), each writes its counters to a shared folder every second, and whichever process
+a scrape reaches answers with their sum (counters and histograms; the model gauges are its own).
 """
 
 from __future__ import annotations
 
+import json
+import os
 import time
 from bisect import bisect_left
 from collections import defaultdict
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
 
 CONTENT_TYPE = b"text/plain; version=0.0.4; charset=utf-8"
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 4096)
+SHARE_VAR = "SERVING_METRICS_SHARE"  # the folder where the worker processes' counters meet
 
 
 @dataclass
@@ -30,6 +37,11 @@ class _Histogram:
         self.counts[bisect_left(self.buckets, value)] += 1
         self.total += value
         self.n += 1
+
+    def add(self, counts: list[int], total: float, n: int) -> None:
+        self.counts = [a + b for a, b in zip(self.counts, counts, strict=True)]
+        self.total += total
+        self.n += n
 
     def lines(self, name: str, labels: str) -> list[str]:
         sep = "," if labels else ""
@@ -70,6 +82,7 @@ class Metrics:
         self.log_dropped = 0
         self.log_files = 0
         self.started = time.time()
+        self.processes = 1  # server processes these counters add up (SERVING_WORKERS)
 
     def observe(self, route: str, status: int, seconds: float) -> None:
         self.requests[(route, status)] += 1
@@ -82,6 +95,62 @@ class Metrics:
         self.rows += rows
         self.batches.observe(rows)
         self.requests_per_batch.observe(requests)
+
+    def state(self) -> dict[str, Any]:
+        """The counters, as JSON-ready data for the other processes."""
+        return {"requests": [[r, s, n] for (r, s), n in self.requests.items()],
+                "latency": {r: [h.counts, h.total, h.n] for r, h in self.latency.items()},
+                "rows": self.rows, "batches": [self.batches.counts, self.batches.total, self.batches.n],
+                "requests_per_batch": [self.requests_per_batch.counts, self.requests_per_batch.total,
+                                       self.requests_per_batch.n],
+                "model": asdict(self.model), "log_rows": self.log_rows, "log_dropped": self.log_dropped,
+                "log_files": self.log_files, "started": self.started}
+
+    def merged(self, others: list[dict[str, Any]]) -> Metrics:
+        """These counters plus the other processes' (`state()`s); the model gauges stay this process's."""
+        total = Metrics()
+        total.model = ModelState(**asdict(self.model))
+        total.started = self.started
+        total.processes = 1 + len(others)
+        for state in [self.state(), *others]:
+            for route, status, n in state["requests"]:
+                total.requests[(route, status)] += n
+            for route, counts in state["latency"].items():
+                total.latency.setdefault(route, _Histogram(LATENCY_BUCKETS)).add(*counts)
+            total.rows += state["rows"]
+            total.batches.add(*state["batches"])
+            total.requests_per_batch.add(*state["requests_per_batch"])
+            total.log_rows += state["log_rows"]
+            total.log_dropped += state["log_dropped"]
+            total.log_files += state["log_files"]
+            total.started = min(total.started, state["started"])
+        for state in others:
+            model = state["model"]
+            total.model.swaps += model["swaps"]
+            total.model.load_failures += model["load_failures"]
+            total.model.poll_errors += model["poll_errors"]
+            total.model.last_poll_success = max(filter(None, [total.model.last_poll_success,
+                                                              model["last_poll_success"]]), default=None)
+        return total
+
+    def share(self, folder: Path) -> None:
+        """Write this process's counters for the others (whole, by rename: a reader never sees half)."""
+        path = folder / f"{os.getpid()}.json"
+        tmp = folder / f".{os.getpid()}.tmp"
+        tmp.write_text(json.dumps(self.state()))
+        tmp.replace(path)
+
+    def render_shared(self, folder: Path) -> bytes:
+        """The exposition for all the server's processes: this one's live counters plus the others' shared ones."""
+        self.share(folder)
+        others = []
+        for path in folder.glob("*.json"):
+            if path.stem != str(os.getpid()):
+                try:
+                    others.append(json.loads(path.read_text()))
+                except (OSError, ValueError):  # unreadable: skipped for this scrape, counted again the next
+                    continue
+        return self.merged(others).render()
 
     def render(self) -> bytes:
         m = self.model
@@ -137,7 +206,10 @@ class Metrics:
             "# HELP serving_prediction_log_files_total Parquet files written to the prediction log.",
             "# TYPE serving_prediction_log_files_total counter",
             f"serving_prediction_log_files_total {self.log_files}",
-            "# HELP serving_start_timestamp_seconds When this process started.",
+            "# HELP serving_processes Server processes whose counters this answer adds up.",
+            "# TYPE serving_processes gauge",
+            f"serving_processes {self.processes}",
+            "# HELP serving_start_timestamp_seconds When the server (its first process) started.",
             "# TYPE serving_start_timestamp_seconds gauge",
             f"serving_start_timestamp_seconds {self.started}",
         ]

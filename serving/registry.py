@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -109,7 +110,7 @@ class ModelCache:
     def save(self, ref: ModelRef, payload: bytes) -> None:
         self.dir.mkdir(parents=True, exist_ok=True)
         for fname, data in ((ONNX_FILE, payload), ("ref.json", json.dumps(ref.__dict__).encode())):
-            tmp = self.dir / f".{fname}.tmp"
+            tmp = self.dir / f".{fname}.{os.getpid()}.tmp"  # server processes may save the same version at once
             tmp.write_bytes(data)
             tmp.replace(self.dir / fname)
 

@@ -10,6 +10,9 @@ from typing import TypeVar
 
 T = TypeVar("T")
 MiB = 1 << 20
+# Set by `python -m serving` for its server processes (serving/worker.py): the ASGI app to serve
+# ("module:attribute") and whether the attribute is a factory to call.
+APP_VAR, FACTORY_VAR = "SERVING_ASGI_APP", "SERVING_ASGI_FACTORY"
 
 
 @dataclass(frozen=True)
@@ -29,6 +32,7 @@ class Settings:
     max_batch_rows: int = 4096  # rows per onnxruntime call when requests are merged
     startup_wait_seconds: float = 10.0  # without a cached model, wait this long for the registry before listening
     access_log: bool = False
+    workers: int = 1  # server processes sharing the port (each loads the model and follows the registry)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -52,6 +56,7 @@ class Settings:
             max_batch_rows=_get(env, "SERVING_MAX_BATCH_ROWS", "4096", int, lambda v: v > 0),
             startup_wait_seconds=_get(env, "SERVING_STARTUP_WAIT_SECONDS", "10", float, lambda v: v >= 0),
             access_log=_get(env, "SERVING_ACCESS_LOG", "0", _flag, lambda v: True),
+            workers=_get(env, "SERVING_WORKERS", "1", int, lambda v: 1 <= v <= 64),
         )
 
 

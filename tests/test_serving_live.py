@@ -70,6 +70,31 @@ def test_hot_swap_under_concurrent_load_fails_no_request_and_logs_predictions(re
     assert set(table.column("carrier").to_pylist()) == {"UA"} and table.column("probability").null_count == 0
 
 
+def test_two_worker_processes_follow_the_registry_log_and_answer_one_set_of_metrics(registry, tmp_path):
+    name = "workers_model"
+    registry.publish(name, tiny_onnx(NUMERIC, CATEGORICAL, 0.001))
+    logs = tmp_path / "predictions"
+    predict = 'serving_requests_total{route="/predict",status="200"}'
+    with serving_process(tmp_path, MODEL_NAME=name, MLFLOW_SERVER_URL=registry.url, SERVING_WORKERS="2",
+                         SERVING_PREDICTION_LOG_DIR=str(logs), SERVING_PREDICTION_LOG_FLUSH_SECONDS="0.5") as base:
+        wait_until(lambda: metric(base, "serving_processes") == 2, 30, "both processes in the metrics")
+        wait_until(lambda: all(_version_of(base) == "1" for _ in range(8)), 30, "every process serving v1")
+        first = [call(base, "POST", "/predict", {"records": [RECORD]}) for _ in range(40)]  # a connection each
+        # Whichever process a scrape reaches adds up both (each shares its counters every second).
+        wait_until(lambda: metric(base, predict) == 40, 5, "40 predictions counted across the processes")
+        registry.publish(name, tiny_onnx(NUMERIC, CATEGORICAL, 0.002))
+        wait_until(lambda: all(_version_of(base) == "2" for _ in range(8)), 30, "every process serving v2")
+        second = [call(base, "POST", "/predict", {"records": [RECORD]}) for _ in range(20)]
+        wait_until(lambda: metric(base, "serving_model_swaps_total") == 2, 5, "one swap per process")
+        assert metric(base, predict) == 60 and metric(base, 'serving_model_info{name="workers_model",version="2"') == 1
+    assert [status for status, _, _ in first + second] == [200] * 60
+    assert {headers["x-model-version"] for _, headers, _ in first} == {"1"}
+    assert {headers["x-model-version"] for _, headers, _ in second} == {"2"}
+    table = ds.dataset(logs, format="parquet", partitioning="hive").to_table()
+    assert table.num_rows == 60  # both processes' logs, closed on shutdown
+    assert sorted(table.column("model_version").to_pylist()) == ["1"] * 40 + ["2"] * 20
+
+
 def test_broken_versions_are_reported_and_the_old_one_keeps_serving(registry, tmp_path):
     name = "broken_model"
     good = tiny_onnx(NUMERIC, CATEGORICAL)
