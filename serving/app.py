@@ -257,7 +257,6 @@ class ServingApp:
             first_poll.set()
             await asyncio.sleep(self.settings.poll_seconds)
 
-
     async def _share_metrics(self, folder: Path) -> None:
         """Every second, this process's counters for the scrapes the other processes answer."""
         while True:
