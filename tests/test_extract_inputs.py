@@ -86,6 +86,23 @@ def test_postgres_bound_values_arrive_verbatim_never_as_sql():
     engine.dispose()
 
 
+def test_postgres_scanner_binary_must_carry_duckdbs_signature(tmp_path):
+    # The PostgreSQL reader loads a native extension from a PyPI package: DuckDB must refuse a modified one.
+    import duckdb
+
+    from tasks.sql_reader import _scanner_extension
+
+    genuine = _scanner_extension(duckdb.__version__)
+    data = bytearray(genuine.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    tampered = tmp_path / genuine.name
+    tampered.write_bytes(data)
+    config = {"autoinstall_known_extensions": False, "autoload_known_extensions": False}
+    with pytest.raises(duckdb.Error, match="signature is either missing or invalid"):
+        duckdb.connect(config=config).execute(f"LOAD '{tampered}'")
+    duckdb.connect(config=config).execute(f"LOAD '{genuine}'")
+
+
 def test_postgres_login_failure_names_the_database_but_never_the_password():
     secret = "s3cr'et pass"
     url = f"postgresql+psycopg2://nobody:{secret.replace(' ', '%20')}@127.0.0.1:5432/test"
