@@ -1,4 +1,4 @@
-"""Helpers every DAG's tasks share: the pipeline spec, a failure that is not retried, a connection's URL.
+"""Helpers every DAG shares: task defaults, the pipeline spec, a failure that is not retried, a connection's URL.
 
 Imports stay inside the functions: parsing a DAG file must not load the pipeline's libraries.
 """
@@ -6,6 +6,14 @@ Imports stay inside the functions: parsing a DAG file must not load the pipeline
 from __future__ import annotations
 
 from typing import Any, NoReturn
+
+
+def default_args() -> dict[str, Any]:
+    """Every DAG's task defaults: no retries unless a task asks for them, and for every failed task one
+    summary line (task, reason, log link) and, when configured, a mail."""
+    from dags.notifications import RunFailureNotifier
+
+    return {"owner": "mlops", "retries": 0, "on_failure_callback": [RunFailureNotifier()]}
 
 
 def spec() -> Any:

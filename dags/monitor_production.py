@@ -13,7 +13,6 @@ from typing import Any
 from airflow.sdk import Asset, CronDataIntervalTimetable, Param, dag, get_current_context, task
 
 from dags import common
-from dags.notifications import RunFailureNotifier
 
 # train_and_deploy is scheduled on this asset besides its nightly cron: an event here starts a retrain.
 RETRAIN = Asset("flights_delay_retrain")
@@ -79,8 +78,7 @@ def _monitor(call: Any) -> Any:
     max_active_runs=1,
     doc_md=DOC,
     tags=["mlops", "flights", "monitoring"],
-    # Every failed task leaves one summary line (task, reason, log link) and, when configured, a mail.
-    default_args={"owner": "mlops", "retries": 0, "on_failure_callback": [RunFailureNotifier()]},
+    default_args=common.default_args(),
     params={
         "interval_start": Param(None, type=["null", "string"], format="date-time", title="From (UTC)",
                                 description="First moment of the predictions to check, e.g. "

@@ -10,7 +10,6 @@ from typing import Any
 from airflow.sdk import Param, dag, get_current_context, task
 
 from dags import common
-from dags.notifications import RunFailureNotifier
 
 DOC = """
 ### Roll the served model back
@@ -27,8 +26,7 @@ the move in the promotion log. The serving container follows within its poll int
     max_active_runs=1,
     doc_md=DOC,
     tags=["mlops", "flights", "on-call"],
-    # Every failed task leaves one summary line (task, reason, log link) and, when configured, a mail.
-    default_args={"owner": "mlops", "retries": 0, "on_failure_callback": [RunFailureNotifier()]},
+    default_args=common.default_args(),
     params={
         "target_version": Param("previous", type="string", pattern=r"^(previous|[0-9]+)$", title="Target version",
                                 description="`previous` or a version number of the registered model."),

@@ -13,7 +13,6 @@ from typing import Any
 from airflow.sdk import Asset, AssetOrTimeSchedule, CronTriggerTimetable, Param, dag, get_current_context, task
 
 from dags import common
-from dags.notifications import RunFailureNotifier
 
 # monitor_production emits this (same name there) when the champion drifted or got worse live: a retrain.
 RETRAIN = Asset("flights_delay_retrain")
@@ -108,8 +107,7 @@ PARAMS = {
     max_active_runs=1,
     doc_md=DOC,
     tags=["mlops", "flights"],
-    # Every failed task leaves one summary line (task, reason, log link) and, when configured, a mail.
-    default_args={"owner": "mlops", "retries": 0, "on_failure_callback": [RunFailureNotifier()]},
+    default_args=common.default_args(),
     params=PARAMS,
 )
 def train_and_deploy() -> None:

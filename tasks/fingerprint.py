@@ -39,7 +39,7 @@ def _hash_values(digests: tuple[Any, Any, Any], arr: pa.Array) -> None:
         validity.update(pc.is_valid(arr).to_numpy(zero_copy_only=False).tobytes())
         values = arr.drop_null()
     else:  # the same bytes as above, without building them value by value
-        validity.update(_ones(len(arr)))
+        validity.update(b"\x01" * len(arr))
         values = arr
     if pa.types.is_large_string(values.type):
         values = values.cast(pa.string())
@@ -58,17 +58,6 @@ def _hash_values(digests: tuple[Any, Any, Any], arr: pa.Array) -> None:
         return
     width = _byte_width(kind)
     digest.update(memoryview(values.buffers()[1])[values.offset * width:(values.offset + len(values)) * width])
-
-
-def _ones(n: int) -> memoryview:
-    """n bytes of 1 (what `is_valid` gives for a column without NULLs), from a reused buffer."""
-    global _ONES
-    if len(_ONES) < n:
-        _ONES = b"\x01" * max(n, 2 * len(_ONES))
-    return memoryview(_ONES)[:n]
-
-
-_ONES = b"\x01" * 65_536
 
 
 def _byte_width(kind: pa.DataType) -> int:
