@@ -245,7 +245,7 @@ class ServingApp:
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
         if self.predlog is not None:
-            await asyncio.to_thread(self.predlog.close)
+            await self.predlog.close()
         self.runtime.shutdown(wait=False)
 
     async def _follow(self, first_poll: asyncio.Event) -> None:

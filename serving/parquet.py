@@ -8,9 +8,8 @@ definition levels as one bit-packed run, PLAIN-encoded values.
 from __future__ import annotations
 
 import struct
-import time
 import zlib
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -224,6 +223,12 @@ class ParquetWriter:
 
     def write(self, columns: list[Column]) -> None:
         """One row group; `columns` match the schema and have the same length."""
+        for _ in self.write_steps(columns):
+            pass
+
+    def write_steps(self, columns: list[Column]) -> Iterator[None]:
+        """`write` one column at a time: yields after each column's page, so a caller on an event loop
+        can let requests run between them."""
         if [(c.name, c.kind) for c in columns] != self.schema:
             raise ValueError("columns do not match the file's schema")
         rows = len(columns[0].values) if columns else 0
@@ -239,7 +244,7 @@ class ParquetWriter:
             self._file.write(page)
             self._offset += len(page)
             total += uncompressed
-            time.sleep(0)  # a writer thread gives the interpreter back between columns
+            yield
         self._groups.append(_Struct().list(1, _T_STRUCT, chunks).i64(2, total).i64(3, rows))
         self.rows += rows
 

@@ -27,8 +27,8 @@ def _tune() -> None:
     # the objects requests create (a full collection over numpy/onnxruntime's objects costs milliseconds).
     gc.collect()
     gc.freeze()
-    # The runtime and prediction-log threads hand the interpreter back to the event loop within 0.5 ms
-    # (default 5 ms: a request can wait that long behind a log slice).
+    # The runtime thread (batch-sized calls) hands the interpreter back to the event loop within 0.5 ms
+    # (default 5 ms: a request can wait that long behind the Python part of a call).
     sys.setswitchinterval(0.0005)
 
 

@@ -8,6 +8,7 @@ import hashlib
 import json
 import random
 import struct
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from datetime import UTC, datetime
@@ -377,6 +378,35 @@ def test_prediction_log_writes_hourly_parquet_that_reads_back(tmp_path, onnx_byt
         datetime(2024, 5, 1, 11, 0, tzinfo=UTC)]
     assert metrics.log_rows == 3 and metrics.log_files == 2
     assert pq.read_metadata(files[0]).metadata[b"model_version"] == b"7"
+
+
+def test_prediction_log_writes_between_requests_on_the_event_loop(tmp_path, onnx_bytes):
+    """The writer shares the event loop with the requests: it writes a slice in steps, and the loop
+    serves other work between them (never one long block, never a thread fighting for the GIL)."""
+    model = OnnxModel(onnx_bytes, "flights_delay", "7")
+    metrics = Metrics()
+    plog = PredictionLog(tmp_path, sample=1.0, flush_seconds=3600, metrics=metrics)
+    predictor = Predictor(model, None, log_batch=plog.record_batch)
+    rows = predictor.protocol.records(json.dumps({"records": [RECORD] * 50}).encode())[0]
+
+    before = threading.active_count()
+
+    async def serve_while_logging() -> tuple[int, int]:
+        plog.start()
+        for _ in range(40):
+            await predictor.predict(rows, (datetime.now(UTC).timestamp(), None))
+        mid_slice, threads = 0, before  # loop turns while the writer holds taken rows it has not finished writing
+        while metrics.log_rows == 0:
+            mid_slice += not plog._queue  # noqa: SLF001 - the queue is taken at the start of a slice
+            threads = max(threads, threading.active_count())
+            await asyncio.sleep(0)
+        await plog.close()
+        return mid_slice, threads
+
+    mid_slice, threads = asyncio.run(serve_while_logging())
+    assert mid_slice >= 10 and threads == before
+    table = ds.dataset(tmp_path, format="parquet", partitioning="hive").to_table()
+    assert table.num_rows == 2000 and metrics.log_rows == 2000 and metrics.log_files == 1
 
 
 def test_prediction_log_samples_requests(tmp_path):
