@@ -1,8 +1,10 @@
-"""A minimal Parquet writer: flat optional columns, row groups of one PLAIN page each, gzip (no pyarrow in the image).
+"""A minimal Parquet writer: flat optional columns, row groups of one page per column (no pyarrow in the image).
 
 pyarrow alone would add ~156 MB to the serving image; the prediction log only needs flat tables of
-timestamps, numbers and strings, which take ~100 lines of the format: Thrift-compact metadata,
-definition levels as one bit-packed run, PLAIN-encoded values.
+timestamps, numbers and strings, which take ~150 lines of the format: Thrift-compact metadata,
+definition levels as one run (one bit-packed run where some values are null), PLAIN-encoded values,
+gzipped unless floats, and a column holding one value (the model's name, its version) as a one-entry
+dictionary with one run of index 0, which costs nothing per row.
 """
 
 from __future__ import annotations
@@ -20,7 +22,8 @@ import numpy as np
 _BOOLEAN, _INT64, _FLOAT, _DOUBLE, _BYTE_ARRAY = 0, 2, 4, 5, 6
 _OPTIONAL = 1
 _UTF8, _TIMESTAMP_MICROS = 0, 10
-_PLAIN, _RLE = 0, 3
+_PLAIN, _RLE, _RLE_DICTIONARY = 0, 3, 8
+_DATA_PAGE, _DICTIONARY_PAGE = 0, 2
 _UNCOMPRESSED, _GZIP = 0, 2
 # Floats (features, probabilities) are near-random bytes: gzip saves little on them and was ~60 % of the
 # log writer's CPU. They are stored plain; strings, timestamps and labels, which compress well, are gzipped.
@@ -121,34 +124,42 @@ class _Struct:
         return bytes(self.buf) + b"\x00"
 
 
-def _values(col: Column) -> tuple[np.ndarray, bytes]:
-    """(defined mask, PLAIN encoding of the defined values). Float kinds: None and NaN are null."""
+Defined = np.ndarray | bool  # per-row mask, or True / False: every row / no row
+
+
+def _values(col: Column) -> tuple[Defined, bytes]:
+    """(defined rows, PLAIN encoding of the defined values). Float kinds: None and NaN are null."""
     if isinstance(col.values, Constant):
-        if col.values.value is None:
-            return np.zeros(col.values.count, dtype=bool), b""
-        one = _frame(col.values.value) if col.kind == "string" else np.asarray([col.values.value],
-                                                                                 _NUMPY[col.kind]).tobytes()
-        return np.ones(col.values.count, dtype=bool), one * col.values.count
+        return col.values.value is not None, b"" if col.values.value is None else _plain_one(col) * len(col.values)
     if col.kind in ("float32", "float64"):
         floats = np.asarray(col.values, dtype=_NUMPY[col.kind])
-        defined = ~np.isnan(floats)
-        return defined, floats[defined].tobytes()
+        nan = np.isnan(floats)
+        if not nan.any():  # the common case: no copy, no mask
+            return True, floats.tobytes()
+        return ~nan, floats[~nan].tobytes()
     if isinstance(col.values, np.ndarray) and col.kind != "string":
-        return np.ones(len(col.values), dtype=bool), col.values.astype(_NUMPY[col.kind]).tobytes()
+        return True, col.values.astype(_NUMPY[col.kind]).tobytes()
     if col.kind == "string" and isinstance(col.values, np.ndarray) and col.values.dtype.kind == "U":
         packed = _frame_array(col.values)
         if packed is not None:
-            return np.ones(len(col.values), dtype=bool), packed
+            return True, packed
     values = col.values.tolist() if isinstance(col.values, np.ndarray) else list(col.values)
+    defined: Defined = True
     if None in values:
         defined = np.fromiter((v is not None for v in values), dtype=bool, count=len(values))
         values = [v for v in values if v is not None]
-    else:
-        defined = np.ones(len(values), dtype=bool)
     if col.kind == "string":  # BYTE_ARRAY's PLAIN encoding: 4-byte length, bytes; each distinct value framed once
         framed: dict[Any, bytes] = {}
         return defined, b"".join([framed.get(v) or framed.setdefault(v, _frame(v)) for v in values])
     return defined, np.asarray(values, dtype=_NUMPY[col.kind]).tobytes()
+
+
+def _plain_one(col: Column) -> bytes:
+    """The PLAIN encoding of a Constant column's value."""
+    assert isinstance(col.values, Constant)
+    if col.kind == "string":
+        return _frame(col.values.value)
+    return np.asarray([col.values.value], _NUMPY[col.kind]).tobytes()
 
 
 def _frame_array(strings: np.ndarray) -> bytes | None:
@@ -178,23 +189,49 @@ def _frame(value: str | bytes) -> bytes:
 
 
 def _codec(col: Column) -> int:
-    return _UNCOMPRESSED if col.kind in _PLAIN_KINDS else _GZIP
+    return _UNCOMPRESSED if col.kind in _PLAIN_KINDS or _dictionary(col) else _GZIP
 
 
-def _page(col: Column) -> tuple[bytes, int]:
-    """One data page: bit-packed definition levels, then the non-null values; gzip unless a float column."""
+def _dictionary(col: Column) -> bool:
+    """A non-null Constant is stored as a one-entry dictionary and one run of index 0: no copies, no gzip."""
+    return isinstance(col.values, Constant) and col.values.value is not None
+
+
+def _levels(defined: Defined, rows: int) -> bytes:
+    """Definition levels (bit width 1) in the RLE/bit-packed hybrid, with their 4-byte length."""
+    if isinstance(defined, bool):  # one RLE run
+        levels = _varint(rows << 1) + (b"\x01" if defined else b"\x00")
+    else:  # one bit-packed run of ceil(n/8) groups of 8
+        bits = np.packbits(defined, bitorder="little").tobytes()
+        levels = _varint((len(bits) << 1) | 1) + bits
+    return struct.pack("<I", len(levels)) + levels
+
+
+def _pages(col: Column) -> tuple[bytes, int, int]:
+    """The column chunk's pages, their uncompressed size, and the data page's offset in them: a data
+    page of levels and PLAIN values (gzip unless floats), or a dictionary page and a data page of indices."""
+    rows = len(col.values)
+    if _dictionary(col):
+        entry = _plain_one(col)
+        header = _Struct().i32(1, _DICTIONARY_PAGE).i32(2, len(entry)).i32(3, len(entry)).struct(
+            7, _Struct().i32(1, 1).i32(2, _PLAIN)).end()
+        raw = _levels(True, rows) + b"\x01" + _varint(rows << 1) + b"\x00"  # bit width 1, one run of index 0
+        data = _data_page(rows, _RLE_DICTIONARY, raw, raw)
+        return header + entry + data, len(header) + len(entry) + len(data), len(header) + len(entry)
     defined, values = _values(col)
-    bits = np.packbits(defined, bitorder="little").tobytes()
-    levels = _varint((len(bits) << 1) | 1) + bits  # one bit-packed run of ceil(n/8) groups of 8
-    raw = struct.pack("<I", len(levels)) + levels + values
+    raw = _levels(defined, rows) + values
+    stored = raw
     if _codec(col) == _GZIP:
         packer = zlib.compressobj(1, zlib.DEFLATED, 31)  # wbits 31: the gzip container Parquet's GZIP means
-        data = packer.compress(raw) + packer.flush()
-    else:
-        data = raw
-    page = _Struct().i32(1, len(col.values)).i32(2, _PLAIN).i32(3, _RLE).i32(4, _RLE)
-    header = _Struct().i32(1, 0).i32(2, len(raw)).i32(3, len(data)).struct(5, page).end()
-    return header + data, len(header) + len(raw)
+        stored = packer.compress(raw) + packer.flush()
+    data = _data_page(rows, _PLAIN, raw, stored)
+    return data, len(data) - len(stored) + len(raw), 0
+
+
+def _data_page(rows: int, encoding: int, raw: bytes, stored: bytes) -> bytes:
+    """A v1 data page: header, then the (compressed) levels and values."""
+    page = _Struct().i32(1, rows).i32(2, encoding).i32(3, _RLE).i32(4, _RLE)
+    return _Struct().i32(1, _DATA_PAGE).i32(2, len(raw)).i32(3, len(stored)).struct(5, page).end() + stored
 
 
 def _schema_element(col: Column) -> _Struct:
@@ -236,13 +273,16 @@ class ParquetWriter:
             raise ValueError("all columns must have the same number of values")
         chunks, total = [], 0
         for col in columns:
-            page, uncompressed = _page(col)
-            meta = (_Struct().i32(1, _PHYSICAL[col.kind]).list(2, _T_I32, [_PLAIN, _RLE])
+            pages, uncompressed, data_at = _pages(col)
+            meta = (_Struct().i32(1, _PHYSICAL[col.kind])
+                    .list(2, _T_I32, [_PLAIN, _RLE, _RLE_DICTIONARY] if data_at else [_PLAIN, _RLE])
                     .list(3, _T_BINARY, [col.name]).i32(4, _codec(col)).i64(5, rows).i64(6, uncompressed)
-                    .i64(7, len(page)).i64(9, self._offset))
+                    .i64(7, len(pages)).i64(9, self._offset + data_at))
+            if data_at:
+                meta.i64(11, self._offset)  # dictionary_page_offset
             chunks.append(_Struct().i64(2, self._offset).struct(3, meta))
-            self._file.write(page)
-            self._offset += len(page)
+            self._file.write(pages)
+            self._offset += len(pages)
             total += uncompressed
             yield
         self._groups.append(_Struct().list(1, _T_STRUCT, chunks).i64(2, total).i64(3, rows))

@@ -25,7 +25,7 @@ from serving import binary
 from serving.app import create_app
 from serving.metrics import Metrics
 from serving.model import InputError, OnnxModel
-from serving.parquet import Column, write_table
+from serving.parquet import Column, Constant, ParquetWriter, write_table
 from serving.predictor import Predictor
 from serving.predlog import PredictionLog
 from serving.registry import ModelCache, ModelRef
@@ -429,6 +429,24 @@ def test_parquet_writer_round_trips_through_pyarrow(tmp_path):
     assert str(table.schema.field("ts").type) == "timestamp[us, tz=UTC]"
     assert table.column("f").null_count == 143 and table.column("s").to_pylist() == strings
     assert table.column("n").to_pylist()[:2] == [None, 2**40] and table.column("d").null_count == 500
+
+
+def test_parquet_constant_and_complete_columns_read_back_in_pyarrow_and_duckdb(tmp_path):
+    # A constant is stored as a one-entry dictionary; columns without nulls as one run of levels.
+    import duckdb
+
+    path = tmp_path / "c.parquet"
+    writer = ParquetWriter(path, [("name", "string"), ("n", "int64"), ("none", "string"), ("f", "float32")])
+    for rows in (3, 1000):  # two row groups: each column chunk starts where the last one ended
+        writer.write([Column("name", "string", Constant("flights_delay", rows)),
+                      Column("n", "int64", Constant(7, rows)), Column("none", "string", Constant(None, rows)),
+                      Column("f", "float32", np.arange(rows, dtype=np.float32))])
+    writer.close()
+    expected = {"name": ["flights_delay"] * 1003, "n": [7] * 1003, "none": [None] * 1003,
+                "f": [*range(3), *range(1000)]}
+    assert pq.read_table(path).to_pydict() == expected
+    got = duckdb.connect().execute(f"SELECT name, n, none, f FROM read_parquet('{path}')").fetchall()
+    assert [list(col) for col in zip(*got, strict=True)] == list(expected.values())
 
 
 def test_parquet_string_arrays_of_any_length_round_trip(tmp_path):
