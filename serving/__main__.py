@@ -9,7 +9,9 @@ import tempfile
 from typing import Any
 
 import uvicorn
+from uvicorn.supervisors import Multiprocess
 
+from serving.listen import OwnListener, bind_reuseport
 from serving.metrics import SHARE_VAR
 from serving.settings import APP_VAR, FACTORY_VAR, Settings
 from serving.upgrade import IgnoreUpgradeProtocol
@@ -28,17 +30,22 @@ def run(target: str, settings: Settings, factory: bool = True) -> None:
 
     Each process imports serving.worker, which makes the app there: never import it before this.
     """
+    if settings.workers > 1 and settings.port == 0:
+        raise ValueError("SERVING_PORT=0 (any free port) needs SERVING_WORKERS=1: each process would get another port")
     os.environ[APP_VAR], os.environ[FACTORY_VAR] = target, "1" if factory else "0"
-    share = None
-    if settings.workers > 1:
-        # The workers' metrics meet here: each scrape answers for all of them (serving/metrics.py).
-        share = tempfile.mkdtemp(prefix="serving-metrics-")
-        os.environ[SHARE_VAR] = share
-    try:
+    if settings.workers == 1:
         uvicorn.run("serving.worker:app", **server_options(settings))
+        return
+    # The workers' metrics meet here: each scrape answers for all of them (serving/metrics.py).
+    share = tempfile.mkdtemp(prefix="serving-metrics-")
+    os.environ[SHARE_VAR] = share
+    try:
+        config = uvicorn.Config("serving.worker:app", **server_options(settings))
+        bind_reuseport(settings.host, settings.port).close()  # a port taken by another program fails here, once
+        # Each process listens on a socket of its own (serving/listen.py): even spread of connections.
+        Multiprocess(config, sockets=[OwnListener(settings.host, settings.port)]).run()  # type: ignore[list-item]
     finally:
-        if share is not None:
-            shutil.rmtree(share, ignore_errors=True)
+        shutil.rmtree(share, ignore_errors=True)
 
 
 def main() -> None:

@@ -6,7 +6,9 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import pickle
 import random
+import socket
 import struct
 import threading
 from concurrent.futures import ThreadPoolExecutor
@@ -22,7 +24,9 @@ import torch
 from starlette.testclient import TestClient
 
 from serving import binary
+from serving.__main__ import run as serve
 from serving.app import create_app
+from serving.listen import OwnListener
 from serving.metrics import Metrics
 from serving.model import InputError, OnnxModel
 from serving.parquet import Column, Constant, ParquetWriter, write_table
@@ -479,3 +483,26 @@ def test_settings_from_env_name_the_bad_variable(tmp_path):
                         ("SERVING_MAX_BODY_BYTES", "-1"), ("SERVING_ACCESS_LOG", "maybe")):
         with pytest.raises(ValueError, match=name):
             Settings.from_env({**env, name: value})
+
+
+def test_each_worker_process_unpickles_a_listening_socket_of_its_own_on_the_same_port():
+    # What uvicorn's supervisor sends each worker process it starts: two of them listen on one port at once.
+    probe = socket.create_server(("127.0.0.1", 0))
+    port = probe.getsockname()[1]
+    probe.close()
+    first, second = (pickle.loads(pickle.dumps(OwnListener("127.0.0.1", port))) for _ in range(2))  # noqa: S301
+    try:
+        for sock in (first, second):
+            sock.listen()
+            assert sock.getsockname() == ("127.0.0.1", port)
+        with socket.create_connection(("127.0.0.1", port), timeout=5):
+            pass
+    finally:
+        first.close()
+        second.close()
+
+
+def test_several_processes_need_a_fixed_port():
+    settings = replace(Settings.from_env({}), port=0, workers=2)
+    with pytest.raises(ValueError, match="SERVING_PORT=0"):
+        serve("serving.app:create_app", settings)

@@ -5,10 +5,14 @@ of all that, and the prediction log read back."""
 
 from __future__ import annotations
 
+import http.client
 import json
 import socket
 import time
+from collections import Counter
+from urllib.parse import urlsplit
 
+import psutil
 import pyarrow.dataset as ds
 import pytest
 from serving_live import (
@@ -79,6 +83,8 @@ def test_two_worker_processes_follow_the_registry_log_and_answer_one_set_of_metr
                          SERVING_PREDICTION_LOG_DIR=str(logs), SERVING_PREDICTION_LOG_FLUSH_SECONDS="0.5") as base:
         wait_until(lambda: metric(base, "serving_processes") == 2, 30, "both processes in the metrics")
         wait_until(lambda: all(_version_of(base) == "1" for _ in range(8)), 30, "every process serving v1")
+        wait_until(lambda: len(_listeners(base)) == 2, 30, "both processes listening")
+        spread = _keep_alive_connections_per_process(base, 32)
         first = [call(base, "POST", "/predict", {"records": [RECORD]}) for _ in range(40)]  # a connection each
         # Whichever process a scrape reaches adds up both (each shares its counters every second).
         wait_until(lambda: metric(base, predict) == 40, 5, "40 predictions counted across the processes")
@@ -86,13 +92,42 @@ def test_two_worker_processes_follow_the_registry_log_and_answer_one_set_of_metr
         wait_until(lambda: all(_version_of(base) == "2" for _ in range(8)), 30, "every process serving v2")
         second = [call(base, "POST", "/predict", {"records": [RECORD]}) for _ in range(20)]
         wait_until(lambda: metric(base, "serving_model_swaps_total") == 2, 5, "one swap per process")
-        assert metric(base, predict) == 60 and metric(base, 'serving_model_info{name="workers_model",version="2"') == 1
+        wait_until(lambda: metric(base, predict) == 60, 5, "60 predictions counted across the processes")
+        assert metric(base, 'serving_model_info{name="workers_model",version="2"') == 1
     assert [status for status, _, _ in first + second] == [200] * 60
+    # Each process listens on its own SO_REUSEPORT socket: connections are spread, not taken by one.
+    assert len(spread) == 2 and min(spread) >= 6, spread
     assert {headers["x-model-version"] for _, headers, _ in first} == {"1"}
     assert {headers["x-model-version"] for _, headers, _ in second} == {"2"}
     table = ds.dataset(logs, format="parquet", partitioning="hive").to_table()
     assert table.num_rows == 60  # both processes' logs, closed on shutdown
     assert sorted(table.column("model_version").to_pylist()) == ["1"] * 40 + ["2"] * 20
+
+
+def _listeners(base: str) -> list[int]:
+    """The pids of the processes listening on the server's port (one socket each)."""
+    port = urlsplit(base).port
+    return [c.pid for c in psutil.net_connections("tcp") if c.laddr and c.laddr.port == port
+            and c.status == psutil.CONN_LISTEN]
+
+
+def _keep_alive_connections_per_process(base: str, n: int) -> list[int]:
+    """Open `n` keep-alive connections in a burst, as a load generator does (all connected before the
+    first request), send a request on each, and count how many connections each server process holds."""
+    url = urlsplit(base)
+    conns = [http.client.HTTPConnection(url.hostname, url.port, timeout=10) for _ in range(n)]
+    try:
+        for c in conns:
+            c.connect()
+        for c in conns:
+            c.request("GET", "/v2/health/live")
+            c.getresponse().read()
+        owners = Counter(c.pid for c in psutil.net_connections("tcp")
+                         if c.laddr and c.laddr.port == url.port and c.status == psutil.CONN_ESTABLISHED)
+        return sorted(owners.values())
+    finally:
+        for c in conns:
+            c.close()
 
 
 def test_broken_versions_are_reported_and_the_old_one_keeps_serving(registry, tmp_path):
