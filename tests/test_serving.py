@@ -30,7 +30,7 @@ from serving.listen import OwnListener
 from serving.metrics import Metrics
 from serving.model import InputError, OnnxModel
 from serving.parquet import Column, Constant, ParquetWriter, write_table
-from serving.predictor import Predictor
+from serving.predictor import INLINE_ROWS, Predictor
 from serving.predlog import PredictionLog
 from serving.registry import ModelCache, ModelRef
 from serving.settings import Settings
@@ -330,6 +330,29 @@ def test_concurrent_requests_share_runtime_calls_and_get_their_own_answers(onnx_
     alone = model.predict_columns(model.columns_from_records(records))
     assert sum(merged) == 40 and len(merged) < 40  # merged into fewer runtime calls
     assert np.concatenate(answers) == pytest.approx(alone, abs=1e-6)
+
+
+def test_small_calls_run_on_the_event_loop_and_large_ones_on_the_runtime_thread(onnx_bytes):
+    # A call of more than INLINE_ROWS rows would hold the loop for milliseconds: health checks and
+    # scrapes must go on meanwhile. Smaller ones are cheaper than the hand-off.
+    model = OnnxModel(onnx_bytes, "flights_delay", "7")
+    run, threads = model.predict_columns, []
+
+    def traced(columns):
+        threads.append((len(next(iter(columns.values()))), threading.current_thread().name))
+        return run(columns)
+
+    model.predict_columns = traced  # type: ignore[method-assign]
+    predictor = Predictor(model, ThreadPoolExecutor(1, thread_name_prefix="onnxruntime"), max_batch_rows=INLINE_ROWS)
+    small, large = ({"records": [RECORD] * n} for n in (INLINE_ROWS, INLINE_ROWS + 1))
+
+    async def one_by_one() -> None:
+        for body in (small, large):
+            await predictor.predict(predictor.protocol.records(json.dumps(body).encode())[0])
+
+    asyncio.run(one_by_one())
+    assert [(rows, name.split("_")[0]) for rows, name in threads] == [
+        (INLINE_ROWS, "MainThread"), (INLINE_ROWS + 1, "onnxruntime")]
 
 
 def test_a_failing_runtime_call_fails_only_the_request_that_broke_it(onnx_bytes):
