@@ -22,8 +22,8 @@ def numbers(blob: bytes, datatype: str, count: int, where: str) -> np.ndarray:
         raise InputError(f"{where}: {len(blob)} binary bytes, but {count} {datatype} values take "
                          f"{count * dtype.itemsize}")
     values = np.frombuffer(blob, dtype).astype(np.float32, copy=False)
-    # One float64 sum is finite exactly when no value is infinite or NaN; only then look closer.
-    if not math.isfinite(values.sum(dtype=np.float64)) and np.isinf(values).any():
+    # The sum is finite when no value is infinite or NaN (it may overflow too): only then look closer.
+    if not math.isfinite(values.sum()) and np.isinf(values).any():
         raise InputError(f"{where}[{int(np.flatnonzero(np.isinf(values))[0])}]: infinite or out of FP32 range")
     return values
 

@@ -186,7 +186,7 @@ def _columns(group: list[_Entry]) -> Generator[None, None, list[Column]]:
     yield
 
     def joined(arrays: list[np.ndarray]) -> np.ndarray:
-        values = np.concatenate(arrays)
+        values = arrays[0] if len(arrays) == 1 else np.concatenate(arrays)  # one call: its arrays as they are
         return values if keep is None else values[keep]
 
     probs = joined([e.probs for e in group]).astype(np.float32)

@@ -27,7 +27,7 @@ def _tune() -> None:
     # the objects requests create (a full collection over numpy/onnxruntime's objects costs milliseconds).
     gc.collect()
     gc.freeze()
-    # The runtime thread (batch-sized calls) hands the interpreter back to the event loop within 0.5 ms
+    # The runtime thread (calls over INLINE_ROWS rows) hands the interpreter back to the event loop within 0.5 ms
     # (default 5 ms: a request can wait that long behind the Python part of a call).
     sys.setswitchinterval(0.0005)
 
