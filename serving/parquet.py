@@ -129,8 +129,8 @@ Defined = np.ndarray | bool  # per-row mask, or True / False: every row / no row
 
 def _values(col: Column) -> tuple[Defined, bytes]:
     """(defined rows, PLAIN encoding of the defined values). Float kinds: None and NaN are null."""
-    if isinstance(col.values, Constant):
-        return col.values.value is not None, b"" if col.values.value is None else _plain_one(col) * len(col.values)
+    if isinstance(col.values, Constant):  # null in every row (one value in every row is a dictionary: _pages)
+        return False, b""
     if col.kind in ("float32", "float64"):
         floats = np.asarray(col.values, dtype=_NUMPY[col.kind])
         nan = np.isnan(floats)

@@ -175,9 +175,7 @@ def _columns(group: list[_Entry]) -> Generator[None, None, list[Column]]:
     counts = [n for n, _ in spans]
     sampled = [(n, tag) for n, tag in spans if tag]
     keep = None if len(sampled) == len(spans) else np.repeat([tag is not None for _, tag in spans], counts)
-    times = np.array([tag[0] for _, tag in sampled])
-    if len(sampled) != sum(counts if keep is None else [n for n, _ in sampled]):  # some requests had several rows
-        times = np.repeat(times, [n for n, _ in sampled])
+    times = np.repeat([tag[0] for _, tag in sampled], [n for n, _ in sampled])  # each request's time, per row
     rows = len(times)
     ids = {tag[1] for _, tag in sampled}
     # One id (or none) for all rows is the common case: stored once.
