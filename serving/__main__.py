@@ -11,7 +11,7 @@ from typing import Any
 import uvicorn
 from uvicorn.supervisors import Multiprocess
 
-from serving.listen import OwnListener, bind_reuseport
+from serving.listen import OwnListener, check_port
 from serving.metrics import SHARE_VAR
 from serving.settings import APP_VAR, FACTORY_VAR, Settings
 from serving.upgrade import IgnoreUpgradeProtocol
@@ -30,8 +30,8 @@ def run(target: str, settings: Settings, factory: bool = True) -> None:
 
     Each process imports serving.worker, which makes the app there: never import it before this.
     """
-    if settings.workers > 1 and settings.port == 0:
-        raise ValueError("SERVING_PORT=0 (any free port) needs SERVING_WORKERS=1: each process would get another port")
+    if settings.workers > 1:
+        check_port(settings)
     os.environ[APP_VAR], os.environ[FACTORY_VAR] = target, "1" if factory else "0"
     if settings.workers == 1:
         uvicorn.run("serving.worker:app", **server_options(settings))
@@ -41,7 +41,6 @@ def run(target: str, settings: Settings, factory: bool = True) -> None:
     os.environ[SHARE_VAR] = share
     try:
         config = uvicorn.Config("serving.worker:app", **server_options(settings))
-        bind_reuseport(settings.host, settings.port).close()  # a port taken by another program fails here, once
         # Each process listens on a socket of its own (serving/listen.py): even spread of connections.
         Multiprocess(config, sockets=[OwnListener(settings.host, settings.port)]).run()  # type: ignore[list-item]
     finally:

@@ -12,6 +12,8 @@ from __future__ import annotations
 import socket
 from typing import Any
 
+from serving.settings import Settings
+
 
 class OwnListener:
     """Stands in for the listening socket handed to uvicorn's supervisor, which pickles it to each worker
@@ -35,3 +37,23 @@ def bind_reuseport(host: str, port: int) -> socket.socket:
         sock.close()
         raise
     return sock
+
+
+def check_port(settings: Settings) -> None:
+    """Refuse, once and before any worker starts, a port these processes cannot have to themselves:
+    any port (0: each process would get another), one another program is bound to, or one a server
+    already answers on (another server with SO_REUSEPORT would silently share it)."""
+    if settings.port == 0:
+        raise ValueError("SERVING_PORT=0 (any free port) needs SERVING_WORKERS=1: each process would get another port")
+    bind_reuseport(settings.host, settings.port).close()
+    if _answers(settings.host, settings.port):
+        raise ValueError(f"SERVING_PORT={settings.port}: a server already listens on {settings.host}:{settings.port}")
+
+
+def _answers(host: str, port: int) -> bool:
+    target = {"0.0.0.0": "127.0.0.1", "": "127.0.0.1", "::": "::1"}.get(host, host)  # noqa: S104 - a probe
+    try:
+        with socket.create_connection((target, port), timeout=1):
+            return True
+    except OSError:
+        return False

@@ -26,7 +26,7 @@ from starlette.testclient import TestClient
 from serving import binary
 from serving.__main__ import run as serve
 from serving.app import create_app
-from serving.listen import OwnListener
+from serving.listen import OwnListener, bind_reuseport
 from serving.metrics import Metrics
 from serving.model import InputError, OnnxModel
 from serving.parquet import Column, Constant, ParquetWriter, write_table
@@ -544,7 +544,16 @@ def test_each_worker_process_unpickles_a_listening_socket_of_its_own_on_the_same
         second.close()
 
 
-def test_several_processes_need_a_fixed_port():
+def test_several_processes_need_a_fixed_port_of_their_own():
     settings = replace(Settings.from_env({}), port=0, workers=2)
     with pytest.raises(ValueError, match="SERVING_PORT=0"):
         serve("serving.app:create_app", settings)
+    # Another server with SO_REUSEPORT on the port would share it silently: refused before any worker starts.
+    other = bind_reuseport("127.0.0.1", 0)
+    other.listen()
+    try:
+        taken = replace(settings, host="127.0.0.1", port=other.getsockname()[1])
+        with pytest.raises(ValueError, match=f"SERVING_PORT={taken.port}: a server already listens"):
+            serve("serving.app:create_app", taken)
+    finally:
+        other.close()
