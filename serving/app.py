@@ -62,6 +62,7 @@ class ServingApp:
         self.predlog = (PredictionLog(settings.prediction_log_dir, settings.prediction_log_sample,
                                       settings.prediction_log_flush_seconds, self.metrics)
                         if settings.prediction_log_dir and settings.prediction_log_sample > 0 else None)
+        self._log_all = self.predlog is not None and settings.prediction_log_sample >= 1.0  # no draw per request
         self.router = Router(self.routes())
         self._token = f"Bearer {settings.auth_token}".encode() if settings.auth_token else None
         self._poller: asyncio.Task[None] | None = None
@@ -161,7 +162,7 @@ class ServingApp:
 
     def _log_tag(self, request_id: str | None) -> LogTag | None:
         """(time, id) when this request goes to the prediction log (sampled), else None."""
-        if self.predlog is not None and self.predlog.sampled():
+        if self._log_all or (self.predlog is not None and self.predlog.sampled()):
             return time.time(), request_id
         return None
 

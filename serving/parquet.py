@@ -1,10 +1,11 @@
-"""A minimal Parquet writer: flat optional columns, row groups of one page per column (no pyarrow in the image).
+"""A minimal Parquet writer: flat optional columns, row groups appended page by page (no pyarrow in the image).
 
 pyarrow alone would add ~156 MB to the serving image; the prediction log only needs flat tables of
 timestamps, numbers and strings, which take ~150 lines of the format: Thrift-compact metadata,
 definition levels as one run (one bit-packed run where some values are null), PLAIN-encoded values,
 gzipped unless floats, and a column holding one value (the model's name, its version) as a one-entry
-dictionary with one run of index 0, which costs nothing per row.
+dictionary with one run of index 0, which costs nothing per row. A column given as `Pages` is written
+as one data page per group of pieces, each group joined only when its page is encoded.
 """
 
 from __future__ import annotations
@@ -12,7 +13,8 @@ from __future__ import annotations
 import struct
 import zlib
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from itertools import chain
 from pathlib import Path
 from typing import Any
 
@@ -47,11 +49,33 @@ class Constant:
         return self.count
 
 
+Values = Sequence[Any] | np.ndarray  # None is null; for float kinds NaN is null too
+
+
+@dataclass(frozen=True)
+class Pages:
+    """A column's values as groups of pieces, one data page per group.
+
+    A group's pieces are joined only when its page is encoded, then dropped: a large row group never
+    exists as one array, and the memory of one page is reused for the next (fresh pages of memory cost
+    a page fault each, which measured more than the copy itself).
+    """
+
+    groups: list[list[Values]]
+    rows: int = field(init=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "rows", sum([sum(map(len, group)) for group in self.groups]))
+
+    def __len__(self) -> int:
+        return self.rows
+
+
 @dataclass(frozen=True)
 class Column:
     name: str
     kind: str  # one of KINDS
-    values: Sequence[Any] | np.ndarray | Constant  # None is null; for float kinds NaN is null too
+    values: Values | Constant | Pages
 
 
 def _varint(n: int) -> bytes:
@@ -131,6 +155,7 @@ def _values(col: Column) -> tuple[Defined, bytes]:
     """(defined rows, PLAIN encoding of the defined values). Float kinds: None and NaN are null."""
     if isinstance(col.values, Constant):  # null in every row (one value in every row is a dictionary: _pages)
         return False, b""
+    assert not isinstance(col.values, Pages), "_pages encodes a Pages column one joined group at a time"
     if col.kind in ("float32", "float64"):
         floats = np.asarray(col.values, dtype=_NUMPY[col.kind])
         nan = np.isnan(floats)
@@ -207,25 +232,43 @@ def _levels(defined: Defined, rows: int) -> bytes:
     return struct.pack("<I", len(levels)) + levels
 
 
-def _pages(col: Column) -> tuple[bytes, int, int]:
-    """The column chunk's pages, their uncompressed size, and the data page's offset in them: a data
-    page of levels and PLAIN values (gzip unless floats), or a dictionary page and a data page of indices."""
+def _pages(col: Column) -> Iterator[tuple[bytes, int, bool]]:
+    """The column chunk's pages, each with its uncompressed size and whether it is a dictionary page: data
+    pages of levels and PLAIN values (gzip unless floats), or a dictionary page and a data page of indices."""
     rows = len(col.values)
     if _dictionary(col):
         entry = _plain_one(col)
         header = _Struct().i32(1, _DICTIONARY_PAGE).i32(2, len(entry)).i32(3, len(entry)).struct(
             7, _Struct().i32(1, 1).i32(2, _PLAIN)).end()
+        yield header + entry, len(header) + len(entry), True
         raw = _levels(True, rows) + b"\x01" + _varint(rows << 1) + b"\x00"  # bit width 1, one run of index 0
         data = _data_page(rows, _RLE_DICTIONARY, raw, raw)
-        return header + entry + data, len(header) + len(entry) + len(data), len(header) + len(entry)
+        yield data, len(data), False
+        return
+    if not isinstance(col.values, Pages):
+        yield _plain_page(col)
+        return
+    for group in col.values.groups or [[[]]]:
+        yield _plain_page(Column(col.name, col.kind, _join(group)))
+
+
+def _join(pieces: list[Values]) -> Values:
+    if len(pieces) == 1:
+        return pieces[0]
+    if isinstance(pieces[0], np.ndarray):
+        return np.concatenate(pieces)
+    return list(chain.from_iterable(pieces))
+
+
+def _plain_page(col: Column) -> tuple[bytes, int, bool]:
     defined, values = _values(col)
-    raw = _levels(defined, rows) + values
+    raw = _levels(defined, len(col.values)) + values
     stored = raw
     if _codec(col) == _GZIP:
         packer = zlib.compressobj(1, zlib.DEFLATED, 31)  # wbits 31: the gzip container Parquet's GZIP means
         stored = packer.compress(raw) + packer.flush()
-    data = _data_page(rows, _PLAIN, raw, stored)
-    return data, len(data) - len(stored) + len(raw), 0
+    data = _data_page(len(col.values), _PLAIN, raw, stored)
+    return data, len(data) - len(stored) + len(raw), False
 
 
 def _data_page(rows: int, encoding: int, raw: bytes, stored: bytes) -> bytes:
@@ -264,8 +307,8 @@ class ParquetWriter:
             pass
 
     def write_steps(self, columns: list[Column]) -> Iterator[None]:
-        """`write` one column at a time: yields after each column's page, so a caller on an event loop
-        can let requests run between them."""
+        """`write` a page at a time: yields after each page, so a caller on an event loop can let
+        requests run between them."""
         if [(c.name, c.kind) for c in columns] != self.schema:
             raise ValueError("columns do not match the file's schema")
         rows = len(columns[0].values) if columns else 0
@@ -273,18 +316,23 @@ class ParquetWriter:
             raise ValueError("all columns must have the same number of values")
         chunks, total = [], 0
         for col in columns:
-            pages, uncompressed, data_at = _pages(col)
+            start, uncompressed, dictionary, data_at = self._offset, 0, False, -1
+            for page, size, is_dictionary in _pages(col):
+                dictionary |= is_dictionary
+                if data_at < 0 and not is_dictionary:
+                    data_at = self._offset
+                self._file.write(page)
+                self._offset += len(page)
+                uncompressed += size
+                yield
             meta = (_Struct().i32(1, _PHYSICAL[col.kind])
-                    .list(2, _T_I32, [_PLAIN, _RLE, _RLE_DICTIONARY] if data_at else [_PLAIN, _RLE])
+                    .list(2, _T_I32, [_PLAIN, _RLE, _RLE_DICTIONARY] if dictionary else [_PLAIN, _RLE])
                     .list(3, _T_BINARY, [col.name]).i32(4, _codec(col)).i64(5, rows).i64(6, uncompressed)
-                    .i64(7, len(pages)).i64(9, self._offset + data_at))
-            if data_at:
-                meta.i64(11, self._offset)  # dictionary_page_offset
-            chunks.append(_Struct().i64(2, self._offset).struct(3, meta))
-            self._file.write(pages)
-            self._offset += len(pages)
+                    .i64(7, self._offset - start).i64(9, data_at))
+            if dictionary:
+                meta.i64(11, start)  # dictionary_page_offset
+            chunks.append(_Struct().i64(2, start).struct(3, meta))
             total += uncompressed
-            yield
         self._groups.append(_Struct().list(1, _T_STRUCT, chunks).i64(2, total).i64(3, rows))
         self.rows += rows
 

@@ -36,9 +36,10 @@ class _Job:
 
 
 LogTag = tuple[float, str | None]
-# (model, the call's feeds, its probabilities, per request: (rows, its log tag or None)), on the event loop thread
 _Ran = tuple[dict[str, np.ndarray] | None, np.ndarray, list[np.ndarray | Exception]]
-BatchLogger = Callable[[OnnxModel, dict[str, np.ndarray], np.ndarray, list[tuple[int, LogTag | None]]], None]
+# (model, the call's feeds, its probabilities, per request: (rows, its log tag or None), the rows to log),
+# on the event loop thread
+BatchLogger = Callable[[OnnxModel, dict[str, np.ndarray], np.ndarray, list[tuple[int, LogTag | None]], int], None]
 
 
 class Predictor:
@@ -82,14 +83,19 @@ class Predictor:
             # process) and cuts the loop's CPU per request by a fifth; idle, it costs one loop turn.
             await asyncio.sleep(0)
             while self._queue:
-                jobs = self._take()
-                if self._executor is None or sum(j.rows.count for j in jobs) <= INLINE_ROWS:
+                jobs, rows = self._take()
+                if self._executor is None or rows <= INLINE_ROWS:
                     feeds, probs, results = self._run(jobs)
                 else:
                     feeds, probs, results = await loop.run_in_executor(self._executor, self._run, jobs)
-                self._on_batch(sum(len(r) for r in results if not isinstance(r, Exception)), len(jobs))
-                if self._log_batch is not None and feeds is not None and any(j.log for j in jobs):
-                    self._log_batch(self.model, feeds, probs, [(j.rows.count, j.log) for j in jobs])
+                if feeds is None:  # requests ran one by one: count the rows of those that did not fail
+                    rows = sum([len(r) for r in results if not isinstance(r, Exception)])
+                self._on_batch(rows, len(jobs))
+                if self._log_batch is not None and feeds is not None:
+                    spans = [(j.rows.count, j.log) for j in jobs]
+                    logged = sum([n for n, tag in spans if tag])
+                    if logged:
+                        self._log_batch(self.model, feeds, probs, spans, logged)
                 for job, result in zip(jobs, results, strict=True):
                     if job.future.done():  # the caller went away
                         continue
@@ -100,14 +106,15 @@ class Predictor:
         finally:
             self._drainer = None
 
-    def _take(self) -> list[_Job]:
+    def _take(self) -> tuple[list[_Job], int]:
+        """The next call's requests, up to max_batch_rows rows (one request may be more), and their rows."""
         jobs = [self._queue.popleft()]
         rows = jobs[0].rows.count
         while self._queue and rows + self._queue[0].rows.count <= self._max_rows:
             job = self._queue.popleft()
             jobs.append(job)
             rows += job.rows.count
-        return jobs
+        return jobs, rows
 
     def _run(self, jobs: list[_Job]) -> _Ran:
         """(feeds, probabilities, per request its slice or error); feeds None when requests ran one by one."""
@@ -128,8 +135,9 @@ class Predictor:
 
 def assemble(features: list[Feature], parts: list[Rows]) -> dict[str, np.ndarray]:
     """The runtime's feeds for several requests' rows: float32 numerics (missing = NaN), string categoricals."""
-    if all(p.records is not None for p in parts):  # JSON records: transpose all rows at once
-        columns: list[Values] = list(zip(*chain.from_iterable(p.records or [] for p in parts), strict=True))
+    records = [p.records for p in parts]
+    if None not in records:  # JSON records: transpose all rows at once
+        columns: list[Values] = list(zip(*chain.from_iterable(records), strict=True))  # type: ignore[arg-type]
         numeric = [i for i, f in enumerate(features) if f.kind == "numeric"]
         matrix = np.array([columns[i] for i in numeric], dtype=np.float32)  # (n_numeric, N); one conversion
         feeds = {features[i].name: row for i, row in zip(numeric, matrix, strict=True)}

@@ -2,8 +2,8 @@
 
 The request path only draws the sample; after each runtime call, the call's input arrays and
 probabilities are queued by reference (no per-row work then). A writer task on the same event loop
-drains the queue every tenth of a second into a row group of the hour's open file, in steps of a
-fraction of a millisecond with requests served between them, and closes the file every
+drains the queue every tenth of a second into a row group of the hour's open file, a page of one
+column (at most PAGE_ROWS rows) per step, with requests served between them, and closes the file every
 `flush_seconds`, at the turn of the hour and at shutdown:
 `<root>/dt=YYYY-MM-DD/hr=HH/part-*.parquet` (UTC, Hive-style partitions). Open files have a dot name
 and are renamed when complete, so readers never see half a file. The production monitoring DAG reads
@@ -17,6 +17,7 @@ doubled the 99th-percentile latency, for ~5 % of the work. On the loop it is pla
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import random
 import time
@@ -33,14 +34,14 @@ import numpy as np
 
 from serving.metrics import Metrics
 from serving.model import OnnxModel
-from serving.parquet import Column, Constant, ParquetWriter
+from serving.parquet import Column, Constant, Pages, ParquetWriter
 from serving.predictor import LogTag
 
 log = logging.getLogger("serving.predlog")
 # Columns of every file besides the features; a feature with one of these names is stored as feature_<name>.
 RESERVED = ("ts", "model_name", "model_version", "request_id", "probability", "label", "dt", "hr")
-SLICE_SECONDS = 0.1  # a slice's row group stays small (~1-2 k rows under load), so are its steps
-STEP_COLUMNS = 2  # feature columns gathered per step
+SLICE_SECONDS = 0.1  # a slice's row group stays small (~1-2 k rows of 1-row requests under load)
+PAGE_ROWS = 8192  # rows per data page: a writer step's work, and the largest array it joins (~100 KB)
 
 
 @dataclass(slots=True)
@@ -85,9 +86,9 @@ class PredictionLog:
         return self._sample >= 1.0 or random.random() < self._sample  # noqa: S311 - sampling, not security
 
     def record_batch(self, model: OnnxModel, feeds: dict[str, np.ndarray], probs: np.ndarray,
-                     spans: list[tuple[int, LogTag | None]]) -> None:
-        """Called after a runtime call, on the event loop: one append, the work is the writer's."""
-        rows = sum(n for n, tag in spans if tag)
+                     spans: list[tuple[int, LogTag | None]], rows: int) -> None:
+        """Called after a runtime call with `rows` sampled rows, on the event loop: one append, the work is
+        the writer's."""
         if self._pending + rows > self._max_pending:
             self._metrics.log_dropped += rows
             return
@@ -168,38 +169,53 @@ class PredictionLog:
 
 
 def _columns(group: list[_Entry]) -> Generator[None, None, list[Column]]:
-    """The row group's columns (the generator's return value), a few at a time: the runtime calls' arrays
-    are concatenated per column, without the requests that were not sampled."""
+    """The row group's columns (the generator's return value), prepared in steps: the features as `Pages`
+    of the runtime calls' arrays, without the requests that were not sampled, in groups of about
+    PAGE_ROWS rows that the writer joins one page at a time; the columns made here (times, ids,
+    probabilities, labels) are made once for the slice and cut into the same pages (views, no copies)."""
     model = group[0].model
-    spans = [span for e in group for span in e.spans]
-    counts = [n for n, _ in spans]
-    sampled = [(n, tag) for n, tag in spans if tag]
-    keep = None if len(sampled) == len(spans) else np.repeat([tag is not None for _, tag in spans], counts)
-    times = np.repeat([tag[0] for _, tag in sampled], [n for n, _ in sampled])  # each request's time, per row
-    rows = len(times)
+    keep = [_sampled_rows(e) for e in group]
+    pages: list[list[int]] = [[]]  # entry indexes per page
+    in_page = 0
+    for i, e in enumerate(group):
+        if pages[-1] and in_page + e.rows > PAGE_ROWS:
+            pages.append([])
+            in_page = 0
+        pages[-1].append(i)
+        in_page += e.rows
+    ends = list(itertools.accumulate(e.rows for e in group))
+    bounds = [0, *(ends[page[-1]] for page in pages)]  # the pages' row offsets
+
+    def paged(values: list[Any]) -> Pages:
+        return Pages([[values[i] if keep[i] is None else values[i][keep[i]] for i in page] for page in pages])
+
+    def cut(values: Any) -> Pages:  # one sequence for the slice, cut at the pages' bounds
+        return Pages([[values[a:b]] for a, b in itertools.pairwise(bounds)])
+
+    rows = bounds[-1]
+    sampled = [(n, tag) for e in group for n, tag in e.spans if tag]
+    times = (np.repeat([tag[0] for _, tag in sampled], [n for n, _ in sampled]) * 1_000_000).astype(np.int64)
     ids = {tag[1] for _, tag in sampled}
     # One id (or none) for all rows is the common case: stored once.
     request_ids: Any = (Constant(ids.pop(), rows) if len(ids) == 1
-                        else list(chain.from_iterable([tag[1]] * n for n, tag in sampled)))
+                        else cut(list(chain.from_iterable([tag[1]] * n for n, tag in sampled))))
+    probs = np.concatenate([e.probs if k is None else e.probs[k] for e, k in zip(group, keep, strict=True)])
     yield
-
-    def joined(arrays: list[np.ndarray]) -> np.ndarray:
-        values = arrays[0] if len(arrays) == 1 else np.concatenate(arrays)  # one call: its arrays as they are
-        return values if keep is None else values[keep]
-
-    probs = joined([e.probs for e in group]).astype(np.float32)
-    columns = [
-        Column("ts", "timestamp_us", (times * 1_000_000).astype(np.int64)),
+    return [
+        Column("ts", "timestamp_us", cut(times)),
         Column("model_name", "string", Constant(model.name, rows)),
         Column("model_version", "string", Constant(model.version, rows)),
         Column("request_id", "string", request_ids),
+        *(Column(f"feature_{f.name}" if f.name in RESERVED else f.name,
+                 "float32" if f.kind == "numeric" else "string", paged([e.feeds[f.name] for e in group]))
+          for f in model.features),
+        Column("probability", "float32", cut(probs)),
+        Column("label", "int64", cut((probs >= model.threshold).astype(np.int64))),
     ]
-    for i, f in enumerate(model.features):
-        if i % STEP_COLUMNS == 0:
-            yield
-        name = f"feature_{f.name}" if f.name in RESERVED else f.name
-        columns.append(Column(name, "float32" if f.kind == "numeric" else "string",
-                              joined([e.feeds[f.name] for e in group])))
-    columns.append(Column("probability", "float32", probs))
-    columns.append(Column("label", "int64", (probs >= model.threshold).astype(np.int64)))
-    return columns
+
+
+def _sampled_rows(e: _Entry) -> np.ndarray | None:
+    """The mask of an entry's rows that were sampled; None when all were."""
+    if e.rows == e.probs.shape[0]:
+        return None
+    return np.repeat([tag is not None for _, tag in e.spans], [n for n, _ in e.spans])

@@ -29,7 +29,7 @@ from serving.app import create_app
 from serving.listen import OwnListener, bind_reuseport
 from serving.metrics import Metrics
 from serving.model import InputError, OnnxModel
-from serving.parquet import Column, Constant, ParquetWriter, write_table
+from serving.parquet import Column, Constant, Pages, ParquetWriter, write_table
 from serving.predictor import INLINE_ROWS, Predictor
 from serving.predlog import PredictionLog
 from serving.registry import ModelCache, ModelRef
@@ -492,6 +492,29 @@ def test_parquet_constant_and_complete_columns_read_back_in_pyarrow_and_duckdb(t
                 "f": [*range(3), *range(1000)]}
     assert pq.read_table(path).to_pydict() == expected
     got = duckdb.connect().execute(f"SELECT name, n, none, f FROM read_parquet('{path}')").fetchall()
+    assert [list(col) for col in zip(*got, strict=True)] == list(expected.values())
+
+
+def test_parquet_columns_written_page_by_page_read_back_in_pyarrow_and_duckdb(tmp_path):
+    # The prediction log hands the writer its columns as Pages: one data page per group of pieces.
+    import duckdb
+
+    floats = Pages([[np.arange(3, dtype=np.float32), np.array([np.nan, 4], dtype=np.float32)],
+                    [np.arange(5, 9, dtype=np.float32)]])
+    codes = Pages([[np.array(["AA", "B6"]), np.array(["JFK", "LGA", "EWR"])], [np.array(["D" * 9] * 4)]])
+    ids = Pages([[["r1", None, "r3"], ["r4", "r5"]], [[None] * 4]])
+    path = tmp_path / "p.parquet"
+    writer = ParquetWriter(path, [("f", "float32"), ("s", "string"), ("id", "string"), ("v", "string")])
+    for _ in range(2):  # two row groups of two pages per column
+        writer.write([Column("f", "float32", floats), Column("s", "string", codes), Column("id", "string", ids),
+                      Column("v", "string", Constant("7", 9))])
+    writer.close()
+    expected = {"f": [0.0, 1.0, 2.0, None, 4.0, 5.0, 6.0, 7.0, 8.0] * 2,
+                "s": ["AA", "B6", "JFK", "LGA", "EWR", *["D" * 9] * 4] * 2,
+                "id": ["r1", None, "r3", "r4", "r5", None, None, None, None] * 2, "v": ["7"] * 18}
+    assert pq.read_table(path).to_pydict() == expected
+    assert pq.read_metadata(path).num_row_groups == 2
+    got = duckdb.connect().execute(f"SELECT f, s, id, v FROM read_parquet('{path}')").fetchall()
     assert [list(col) for col in zip(*got, strict=True)] == list(expected.values())
 
 
