@@ -32,13 +32,16 @@ def strings(blob: bytes, count: int, where: str) -> list[str] | np.ndarray:
     """BYTES in binary form: each element a 4-byte little-endian length, then that many UTF-8 bytes."""
     if count and len(blob) >= 4:
         width = struct.unpack_from("<I", blob)[0]
-        if width and len(blob) == count * (4 + width):  # all one length (codes like "JFK"): numpy, not a loop
-            cells = np.frombuffer(blob, dtype=np.uint8).reshape(count, 4 + width)
-            text = cells[:, 4:]
-            if (cells[:, :4].view("<u4") == width).all() and not (text >= 128).any() and text.all():
-                # ASCII without NULs: each byte widened to a UCS-4 code point is the unicode array
-                # onnxruntime takes as it is (30x faster than numpy's bytes-to-str conversion).
-                return text.astype(np.uint32).view(f"<U{width}").reshape(count)
+        stride = 4 + width
+        # All one length (codes like "JFK"), ASCII (so are the length bytes then), no NUL: checked on strided
+        # byte slices (C loops, ~2x faster than numpy on strided views), then widened in one numpy step.
+        if (0 < width < 128 and len(blob) == count * stride and blob.isascii()
+                and all(blob[i::stride] == blob[i:i + 1] * count for i in range(4))
+                and not any(b"\0" in blob[i::stride] for i in range(4, stride))):
+            # Each byte widened to a UCS-4 code point is the unicode array onnxruntime takes as it is
+            # (30x faster than numpy's bytes-to-str conversion).
+            cells = np.frombuffer(blob, dtype=np.uint8).reshape(count, stride)
+            return cells[:, 4:].astype(np.uint32).view(f"<U{width}").reshape(count)
     out: list[str] = []
     pos = 0
     try:

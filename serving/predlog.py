@@ -41,7 +41,9 @@ log = logging.getLogger("serving.predlog")
 # Columns of every file besides the features; a feature with one of these names is stored as feature_<name>.
 RESERVED = ("ts", "model_name", "model_version", "request_id", "probability", "label", "dt", "hr")
 SLICE_SECONDS = 0.1  # a slice's row group stays small (~1-2 k rows of 1-row requests under load)
-PAGE_ROWS = 8192  # rows per data page: a writer step's work, and the largest array it joins (~100 KB)
+# Rows per data page: small runtime calls are joined into pages of up to this many rows (a writer step's
+# work; the largest array it joins is ~25 KB), a larger call's arrays are a page as they are (no copy).
+PAGE_ROWS = 2048
 
 
 @dataclass(slots=True)
