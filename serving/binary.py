@@ -13,7 +13,7 @@ NUMERIC = {"FP16": "<f2", "FP32": "<f4", "FP64": "<f8", "INT8": "i1", "INT16": "
            "INT64": "<i8", "UINT8": "u1", "UINT16": "<u2", "UINT32": "<u4", "UINT64": "<u8"}
 
 
-def numbers(blob: bytes, datatype: str, count: int, where: str) -> np.ndarray:
+def numbers(blob: bytes | memoryview, datatype: str, count: int, where: str) -> np.ndarray:
     """Raw little-endian numbers as float32; NaN is how binary data says "missing", infinity is refused."""
     if datatype not in NUMERIC:
         raise InputError(f"{where}: datatype {datatype} is not numeric")
@@ -28,8 +28,9 @@ def numbers(blob: bytes, datatype: str, count: int, where: str) -> np.ndarray:
     return values
 
 
-def strings(blob: bytes, count: int, where: str) -> list[str] | np.ndarray:
+def strings(blob: bytes | memoryview, count: int, where: str) -> list[str] | np.ndarray:
     """BYTES in binary form: each element a 4-byte little-endian length, then that many UTF-8 bytes."""
+    blob = bytes(blob)  # the checks below need bytes' methods; strings are the small part of a request
     if count and len(blob) >= 4:
         width = struct.unpack_from("<I", blob)[0]
         stride = 4 + width
