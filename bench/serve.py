@@ -10,7 +10,8 @@ time, each loaded from a separate load process; (a) and (c) run BENCH_SERVE_WORK
 1-row requests at concurrency 32 for BENCH_SERVE_SECONDS (15) each after a warm-up, with wrk when it is
 installed, else a Python load client in its own process. Then 1000-row batches at concurrency 4 per server
 process to (a) in three forms, against onnxruntime called in-process on the same 1000 rows (same session
-options). With --rounds N, (a) and (c) alternate N times and the best of each counts (a shared machine is noisy).
+options; measured before the batch runs and at the end, the best counts). With --rounds N, (a) and (c)
+alternate N times and the best of each counts (a shared machine is noisy).
 The last line is `RESULT mlflow_ratio=<x> ceiling_ratio=<y> p99_ms=<z> batch_ratio=<w>`; batch_ratio is for
 the fastest of the three batch forms (the table shows each).
 """
@@ -338,6 +339,7 @@ def main() -> None:
                "mlflow": json.dumps({"inputs": {k: [v] for k, v in FLIGHT.items()}}).encode()}
         records = batch_records(BATCH_ROWS)
         results: dict[str, dict[str, float]] = {}
+        baselines: list[float] = []  # onnxruntime in-process rows/s, measured before the batch runs and at the end
         ours_port, hello_port = free_port(), free_port()
         ours_env = {"MODEL_NAME": name, "MLFLOW_SERVER_URL": registry, "SERVING_PORT": str(ours_port),
                     "SERVING_CACHE_DIR": str(work / "cache"), "SERVING_PREDICTION_LOG_DIR": str(work / "predictions"),
@@ -353,6 +355,8 @@ def main() -> None:
                     merged = _metric(f"{ours_url}/metrics", "serving_batch_requests_sum") / _metric(
                         f"{ours_url}/metrics", "serving_batch_requests_count")
                     results["ours"]["per_call"] = merged
+                    # The baseline is measured next to the batch runs too: the best of its measurements counts.
+                    baselines.append(inprocess_rows_per_s(onnx_path, records))
                     _batches(results, ours_url, name, records, work)
             with process([_python(), "-m", "bench.serve", "hello", str(hello_port), str(WORKERS)], log) as proc:
                 hello_url = f"http://127.0.0.1:{hello_port}/"
@@ -369,7 +373,8 @@ def main() -> None:
                 raise SystemExit(f"mlflow models serve did not start; see {log}")
             load(f"{mlflow_url}/invocations", one["mlflow"], WARMUP_SECONDS, CONCURRENCY, work)
             results["mlflow"] = load(f"{mlflow_url}/invocations", one["mlflow"], SECONDS, CONCURRENCY, work)
-        results["inprocess"] = {"rows_per_s": inprocess_rows_per_s(onnx_path, records)}
+        baselines.append(inprocess_rows_per_s(onnx_path, records))
+        results["inprocess"] = {"rows_per_s": max(baselines), "measurements": float(len(baselines))}
         ready = _ready_from_cache(ours_env, work, log)
         _report(results, ready)
 
@@ -436,7 +441,8 @@ def _report(r: dict[str, dict[str, float]], ready_s: float | None) -> None:
         run = r[key]
         print(f"| {label} | {run['bytes'] / 1024:.0f} | {run['rps']:,.0f} | {run['rows_per_s']:,.0f} "
               f"| {run['p99_ms']:.1f} | {run['rows_per_s'] / base:.2f}x |")
-    print(f"| onnxruntime in-process (1 intra-op thread, as served) | | | {base:,.0f} | | 1.00x |")
+    print(f"| onnxruntime in-process (1 intra-op thread, as served; best of {r['inprocess']['measurements']:.0f} "
+          f"measurements) | | | {base:,.0f} | | 1.00x |")
     print(f"\nready after start with a cached model and the registry down: "
           f"{'did not become ready' if ready_s is None else f'{ready_s:.2f} s'}")
     best = max(FORMS, key=lambda key: r[key]["rows_per_s"])
