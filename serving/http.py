@@ -7,8 +7,8 @@ a request here costs one dict lookup, one body read and one `send` pair on top o
 from __future__ import annotations
 
 import re
-from collections.abc import Awaitable, Callable, MutableMapping
-from dataclasses import dataclass, field
+from collections.abc import Awaitable, Callable, MutableMapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import msgspec
@@ -77,7 +77,7 @@ class Reply:
     status: int = 200
     content_type: bytes = JSON
     model_version: str | None = None  # for X-Model-Version; None: the version being served
-    headers: list[tuple[bytes, bytes]] = field(default_factory=list)
+    headers: Sequence[tuple[bytes, bytes]] = ()
 
 
 def json_reply(doc: Any, status: int = 200, model_version: str | None = None) -> Reply:
@@ -145,7 +145,9 @@ async def read_body(receive: Receive, headers: dict[bytes, bytes], limit: int) -
 
 
 async def send_reply(send: Send, reply: Reply, model_version: str | None) -> None:
-    headers = [(b"content-type", reply.content_type), (b"content-length", b"%d" % len(reply.body)), *reply.headers]
+    headers = [(b"content-type", reply.content_type), (b"content-length", b"%d" % len(reply.body))]
+    if reply.headers:
+        headers.extend(reply.headers)
     if model_version is not None:
         headers.append((b"x-model-version", model_version.encode()))
     await send({"type": "http.response.start", "status": reply.status, "headers": headers})

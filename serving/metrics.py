@@ -1,7 +1,8 @@
 """Prometheus metrics in the text exposition format (format 0.0.4), kept as plain counters.
 
-No client library: the set is small and fixed, and an observation is one dict update and one
-bisect, cheap enough for every request of the hot path. With several server processes
+No client library: the set is small and fixed. A request's observation is one list append; the
+appended ones are folded into the counters when they are read, or every 4,096 requests (numpy then
+bins their durations at once). With several server processes
 (SERVING_WORKERS), each writes its counters to a shared folder every second, and whichever process
 a scrape reaches answers with their sum (counters and histograms; the model gauges are its own).
 """
@@ -12,15 +13,18 @@ import json
 import os
 import time
 from bisect import bisect_left
-from collections import defaultdict
+from collections import Counter, defaultdict
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 CONTENT_TYPE = b"text/plain; version=0.0.4; charset=utf-8"
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 4096)
 SHARE_VAR = "SERVING_METRICS_SHARE"  # the folder where the worker processes' counters meet
+FOLD_EVERY = 4096  # requests observed before they are folded into the counters (bounds the memory they take)
 
 
 @dataclass
@@ -37,6 +41,13 @@ class _Histogram:
         self.counts[bisect_left(self.buckets, value)] += 1
         self.total += value
         self.n += 1
+
+    def observe_many(self, values: list[float]) -> None:
+        # searchsorted "left" is bisect_left: a value on a bound counts in that bound's bucket (le=).
+        bins = np.bincount(np.searchsorted(self.buckets, values, side="left"), minlength=len(self.counts))
+        self.counts = [a + int(b) for a, b in zip(self.counts, bins, strict=True)]
+        self.total += sum(values)
+        self.n += len(values)
 
     def add(self, counts: list[int], total: float, n: int) -> None:
         self.counts = [a + b for a, b in zip(self.counts, counts, strict=True)]
@@ -83,16 +94,23 @@ class Metrics:
         self.log_files = 0
         self.started = time.time()
         self.processes = 1  # server processes these counters add up (SERVING_WORKERS)
+        self._observed: list[tuple[str, int, float]] = []  # requests not yet folded into the counters
 
     def observe(self, route: str, status: int, seconds: float) -> None:
-        self.requests[(route, status)] += 1
-        hist = self.latency.get(route)
-        if hist is None:
-            hist = self.latency[route] = _Histogram(LATENCY_BUCKETS)
-        # _Histogram.observe, inline: this runs for every request
-        hist.counts[bisect_left(LATENCY_BUCKETS, seconds)] += 1
-        hist.total += seconds
-        hist.n += 1
+        """One request: its route template, status and duration."""
+        self._observed.append((route, status, seconds))
+        if len(self._observed) >= FOLD_EVERY:
+            self._fold()
+
+    def _fold(self) -> None:
+        observed, self._observed = self._observed, []
+        for key, n in Counter([(route, status) for route, status, _ in observed]).items():
+            self.requests[key] += n
+        by_route: defaultdict[str, list[float]] = defaultdict(list)
+        for route, _, seconds in observed:
+            by_route[route].append(seconds)
+        for route, durations in by_route.items():
+            self.latency.setdefault(route, _Histogram(LATENCY_BUCKETS)).observe_many(durations)
 
     def batch(self, rows: int, requests: int) -> None:
         self.rows += rows
@@ -101,6 +119,7 @@ class Metrics:
 
     def state(self) -> dict[str, Any]:
         """The counters, as JSON-ready data for the other processes."""
+        self._fold()
         return {"requests": [[r, s, n] for (r, s), n in self.requests.items()],
                 "latency": {r: [h.counts, h.total, h.n] for r, h in self.latency.items()},
                 "rows": self.rows, "batches": [self.batches.counts, self.batches.total, self.batches.n],
@@ -156,6 +175,7 @@ class Metrics:
         return self.merged(others).render()
 
     def render(self) -> bytes:
+        self._fold()
         m = self.model
         out = [
             "# HELP serving_requests_total HTTP requests by route template and status code.",

@@ -108,6 +108,11 @@ class Predictor:
 
     def _take(self) -> tuple[list[_Job], int]:
         """The next call's requests, up to max_batch_rows rows (one request may be more), and their rows."""
+        rows = sum([j.rows.count for j in self._queue])
+        if rows <= self._max_rows:  # the common case: all that waits goes into this call
+            jobs = list(self._queue)
+            self._queue.clear()
+            return jobs, rows
         jobs = [self._queue.popleft()]
         rows = jobs[0].rows.count
         while self._queue and rows + self._queue[0].rows.count <= self._max_rows:

@@ -8,6 +8,7 @@ import hashlib
 import json
 import pickle
 import random
+import re
 import socket
 import struct
 import threading
@@ -27,7 +28,7 @@ from serving import binary
 from serving.__main__ import run as serve
 from serving.app import create_app
 from serving.listen import OwnListener, bind_reuseport
-from serving.metrics import Metrics
+from serving.metrics import FOLD_EVERY, Metrics
 from serving.model import InputError, OnnxModel
 from serving.parquet import Column, Constant, Pages, ParquetWriter, write_table
 from serving.predictor import INLINE_ROWS, Predictor
@@ -284,6 +285,28 @@ def test_bearer_token_guards_everything_but_liveness(cache):
         ok = {"Authorization": "Bearer s3cret"}
         assert c.post("/predict", json={"records": [RECORD]}, headers=ok).status_code == 200
         assert c.get("/openapi.json", headers=ok).json()["security"] == [{"bearer": []}]
+
+
+def test_request_durations_land_in_their_buckets_however_many_are_folded_at_once():
+    # Observations are appended and folded in bulk (every FOLD_EVERY requests, and when read): the
+    # exposition must be what one observation at a time gives, bounds included (le= is inclusive).
+    metrics = Metrics()
+    durations = [0.0005, 0.0007, 0.003, 10.0]
+    for seconds in durations:
+        metrics.observe("/predict", 200, seconds)
+    for _ in range(FOLD_EVERY + 3):
+        metrics.observe("/v2/health/ready", 503, 0.001)
+    metrics.observe("/predict", 400, 0.001)
+    text = metrics.render().decode()
+    assert 'serving_requests_total{route="/predict",status="200"} 4' in text
+    assert 'serving_requests_total{route="/predict",status="400"} 1' in text
+    assert f'serving_requests_total{{route="/v2/health/ready",status="503"}} {FOLD_EVERY + 3}' in text
+    buckets = dict(re.findall(r'serving_request_duration_seconds_bucket\{route="/predict",le="([^"]+)"\} (\d+)', text))
+    assert (buckets["0.0005"], buckets["0.001"], buckets["0.0025"], buckets["0.005"], buckets["2.5"],
+            buckets["+Inf"]) == ("1", "3", "3", "4", "4", "5")
+    assert 'serving_request_duration_seconds_count{route="/predict"} 5' in text
+    total = float(re.search(r'serving_request_duration_seconds_sum\{route="/predict"\} (\S+)', text).group(1))
+    assert total == pytest.approx(sum(durations) + 0.001)
 
 
 def test_metrics_count_requests_rows_and_the_loaded_model(client):
