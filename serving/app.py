@@ -58,7 +58,11 @@ class ServingApp:
         self.settings = settings
         self.metrics = Metrics()
         self.runtime = ThreadPoolExecutor(1, thread_name_prefix="onnxruntime")  # one call at a time, off the loop
-        self.follower = Follower(settings, self._predictor, self.metrics.model)
+        # Set when this is one of several server processes: where their metrics meet, and the lock of
+        # the one process that polls the registry for all of them.
+        self._share = Path(os.environ[SHARE_VAR]) if os.environ.get(SHARE_VAR) else None
+        self.follower = Follower(settings, self._predictor, self.metrics.model,
+                                 self._share / "registry.lock" if self._share else None)
         self.predlog = (PredictionLog(settings.prediction_log_dir, settings.prediction_log_sample,
                                       settings.prediction_log_flush_seconds, self.metrics)
                         if settings.prediction_log_dir and settings.prediction_log_sample > 0 else None)
@@ -66,8 +70,6 @@ class ServingApp:
         self.router = Router(self.routes())
         self._token = f"Bearer {settings.auth_token}".encode() if settings.auth_token else None
         self._poller: asyncio.Task[None] | None = None
-        # Set when this is one of several server processes: where their metrics meet.
-        self._share = Path(os.environ[SHARE_VAR]) if os.environ.get(SHARE_VAR) else None
         self._sharer: asyncio.Task[None] | None = None
 
     def routes(self) -> list[Route]:
@@ -235,7 +237,8 @@ class ServingApp:
         if self._share is not None:
             self._sharer = asyncio.create_task(self._share_metrics(self._share))
         if self.follower.predictor is None and self.follower.client is not None:
-            # Nothing cached: give the registry a moment, so a first start is ready when it listens.
+            # Nothing cached: give the registry (or the process that polls it) a moment, so a first
+            # start is ready when it listens.
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(first_poll.wait(), self.settings.startup_wait_seconds)
 
@@ -250,13 +253,16 @@ class ServingApp:
         self.runtime.shutdown(wait=False)
 
     async def _follow(self, first_poll: asyncio.Event) -> None:
+        """Poll (the registry, or the cache of the process that polls it) for good. `first_poll` is set
+        after the first registry poll, or once a process following the cache has a model."""
         while True:
             try:
                 await asyncio.to_thread(self.follower.poll)
             except Exception:  # noqa: BLE001 - the poller must outlive any surprise
                 log.exception("registry poll crashed")
-            first_poll.set()
-            await asyncio.sleep(self.settings.poll_seconds)
+            if self.follower.predictor is not None or self.follower.polls_registry:
+                first_poll.set()
+            await asyncio.sleep(self.follower.next_poll_in())
 
     async def _share_metrics(self, folder: Path) -> None:
         """Every second, this process's counters for the scrapes the other processes answer."""

@@ -3,13 +3,22 @@
 A swap is one reference assignment: requests already holding the old predictor finish on it. A
 version that fails to download-verify or load is reported (metrics, log) once per version and the
 old one keeps serving; an unreachable registry only counts a poll error.
+
+With several server processes (SERVING_WORKERS), one of them polls the registry: the one holding the
+lock file in the folder the processes share. It saves each version it loaded to the disk cache they
+share too, and the others follow that cache (a small file read per second), so the registry sees one
+server, not one per process (each alias lookup costs the MLflow server ~30 ms of CPU). When the
+polling process exits, the lock is free and the next process to look takes it over.
 """
 
 from __future__ import annotations
 
+import fcntl
 import logging
+import os
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 from serving.metrics import ModelState
 from serving.model import OnnxModel
@@ -22,7 +31,8 @@ log = logging.getLogger("serving.follower")
 
 class Follower:
     def __init__(self, settings: Settings, make_predictor: Callable[[OnnxModel], Predictor],
-                 state: ModelState) -> None:
+                 state: ModelState, lock: Path | None = None) -> None:
+        """`lock`: the lock file of a server's processes (only its holder polls the registry); None: poll."""
         self.settings = settings
         self.predictor: Predictor | None = None
         self.cache = ModelCache(settings.cache_dir, settings.model_name)
@@ -33,6 +43,8 @@ class Follower:
         self._make = make_predictor
         self._failed: tuple[str, str | None] | None = None  # (version, sha256) that did not load
         self._registry_down = False
+        self._lock = lock
+        self._lock_fd: int | None = None  # held for the process's life once taken
 
     def load_cached(self) -> bool:
         """Serve the last good model from disk, if there is one: the registry may be away."""
@@ -48,9 +60,36 @@ class Follower:
         self._swap(predictor, "the disk cache")
         return True
 
+    @property
+    def polls_registry(self) -> bool:
+        """Whether this process is the one that polls the registry (takes the lock when it is free)."""
+        if self._lock is None or self._lock_fd is not None:
+            return True
+        fd = os.open(self._lock, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            return False
+        self._lock_fd = fd
+        log.info("this process polls the registry for the server's processes")
+        return True
+
+    def next_poll_in(self) -> float:
+        """Seconds to the next `poll`: the registry interval, or (following the cache) at most a second,
+        and a quarter of one while there is no model yet."""
+        if self.client is None or self.polls_registry:
+            return self.settings.poll_seconds
+        return min(self.settings.poll_seconds, 0.25 if self.predictor is None else 1.0)
+
     def poll(self) -> None:
-        """One look at the alias; load and swap when it names another version."""
+        """One look at the alias (or, where another process polls the registry, at the cache it fills);
+        load and swap when it names another version."""
         if self.client is None:
+            return
+        self.state.polls_registry = int(self.polls_registry)
+        if not self.state.polls_registry:
+            self._follow_cache()
             return
         try:
             ref = self.client.resolve(self.settings.model_name, self.settings.alias)
@@ -85,6 +124,22 @@ class Follower:
         except OSError as exc:
             log.warning("could not cache %s v%s on disk: %s", ref.name, ref.version, exc)
         self._swap(predictor, "the registry")
+
+    def _follow_cache(self) -> None:
+        """Serve the version the polling process saved, once it differs from ours."""
+        ref = self.cache.peek()
+        served = self.predictor.model.version if self.predictor else None
+        if ref is None or ref.version == served or self._failed == (ref.version, ref.sha256):
+            return
+        cached = self.cache.load()
+        if cached is None or cached[0] != ref:  # being replaced right now: the next look
+            return
+        try:
+            predictor = self._prepare(*cached)
+        except Exception as exc:  # noqa: BLE001 - a broken artifact must never take the server down
+            self._load_failed(ref, f"onnxruntime cannot load the cached file: {exc}")
+            return
+        self._swap(predictor, "the registry (through the cache of the process that polls it)")
 
     def _prepare(self, ref: ModelRef, payload: bytes) -> Predictor:
         predictor = self._make(OnnxModel(payload, ref.name, ref.version))

@@ -79,6 +79,7 @@ class ModelState:
     poll_errors: int = 0
     last_poll_success: float | None = None
     stale: bool = False  # the alias names a version this server could not load
+    polls_registry: int = 0  # 1 in the process that polls the registry (with several, one polls for all)
 
 
 class Metrics:
@@ -133,7 +134,8 @@ class Metrics:
         total = Metrics()
         total.model = ModelState(**asdict(self.model))
         total.started = self.started
-        total.processes = 1 + len(others)
+        # A process that died (and was replaced) still counts for the requests it served, not as a process.
+        total.processes = 1 + sum(1 for state in others if state.get("alive", True))
         for state in [self.state(), *others]:
             for route, status, n in state["requests"]:
                 total.requests[(route, status)] += n
@@ -151,6 +153,9 @@ class Metrics:
             total.model.swaps += model["swaps"]
             total.model.load_failures += model["load_failures"]
             total.model.poll_errors += model["poll_errors"]
+            if state.get("alive", True):
+                total.model.polls_registry += model.get("polls_registry", 0)
+                total.model.stale = total.model.stale or model["stale"]  # only the polling process knows
             total.model.last_poll_success = max(filter(None, [total.model.last_poll_success,
                                                               model["last_poll_success"]]), default=None)
         return total
@@ -169,9 +174,11 @@ class Metrics:
         for path in folder.glob("*.json"):
             if path.stem != str(os.getpid()):
                 try:
-                    others.append(json.loads(path.read_text()))
+                    state = json.loads(path.read_text())
                 except (OSError, ValueError):  # unreadable: skipped for this scrape, counted again the next
                     continue
+                state["alive"] = _alive(int(path.stem)) if path.stem.isdigit() else False
+                others.append(state)
         return self.merged(others).render()
 
     def render(self) -> bytes:
@@ -217,6 +224,9 @@ class Metrics:
             "# HELP serving_registry_poll_errors_total Registry polls that failed (registry unreachable, ...).",
             "# TYPE serving_registry_poll_errors_total counter",
             f"serving_registry_poll_errors_total {m.poll_errors}",
+            "# HELP serving_registry_pollers Server processes that poll the registry (one polls for all).",
+            "# TYPE serving_registry_pollers gauge",
+            f"serving_registry_pollers {m.polls_registry}",
             "# HELP serving_registry_last_success_timestamp_seconds Last successful registry poll (0: never).",
             "# TYPE serving_registry_last_success_timestamp_seconds gauge",
             f"serving_registry_last_success_timestamp_seconds {m.last_poll_success or 0}",
@@ -237,3 +247,13 @@ class Metrics:
             f"serving_start_timestamp_seconds {self.started}",
         ]
         return ("\n".join(out) + "\n").encode()
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, someone else's
+        return True
+    return True

@@ -114,6 +114,13 @@ class ModelCache:
             tmp.write_bytes(data)
             tmp.replace(self.dir / fname)
 
+    def peek(self) -> ModelRef | None:
+        """The cached version's reference, without reading the model."""
+        try:
+            return ModelRef(**json.loads((self.dir / "ref.json").read_text()))
+        except (OSError, ValueError, TypeError):
+            return None
+
     def load(self) -> tuple[ModelRef, bytes] | None:
         try:
             ref = ModelRef(**json.loads((self.dir / "ref.json").read_text()))

@@ -309,6 +309,21 @@ def test_request_durations_land_in_their_buckets_however_many_are_folded_at_once
     assert total == pytest.approx(sum(durations) + 0.001)
 
 
+def test_merged_metrics_count_a_dead_process_requests_but_not_the_process():
+    # Several server processes: the polling one alone knows a version is stale; one that died (and was
+    # replaced) still counts for the requests it served, not as a process or a poller.
+    this, polling, dead = Metrics(), Metrics(), Metrics()
+    polling.model.polls_registry, polling.model.stale = 1, True
+    dead.model.polls_registry = 1
+    for m in (this, polling, dead):
+        m.observe("/predict", 200, 0.001)
+    others = [{**polling.state(), "alive": True}, {**dead.state(), "alive": False}]
+    text = this.merged(others).render().decode()
+    assert "serving_processes 2" in text and "serving_registry_pollers 1" in text
+    assert "serving_model_stale 1" in text
+    assert 'serving_requests_total{route="/predict",status="200"} 3' in text
+
+
 def test_metrics_count_requests_rows_and_the_loaded_model(client):
     client.post("/predict", json={"records": [RECORD, RECORD, RECORD]})
     client.post("/predict", json={"records": []})

@@ -7,9 +7,12 @@ from __future__ import annotations
 
 import http.client
 import json
+import os
+import signal
 import socket
 import time
 from collections import Counter
+from pathlib import Path
 from urllib.parse import urlsplit
 
 import psutil
@@ -94,6 +97,16 @@ def test_two_worker_processes_follow_the_registry_log_and_answer_one_set_of_metr
         wait_until(lambda: metric(base, "serving_model_swaps_total") == 2, 5, "one swap per process")
         wait_until(lambda: metric(base, predict) == 60, 5, "60 predictions counted across the processes")
         assert metric(base, 'serving_model_info{name="workers_model",version="2"') == 1
+        # One process polls the registry for both (the other follows the cache it fills).
+        assert [metric(base, "serving_registry_pollers") for _ in range(6)] == [1] * 6
+        # Completed log files hold every row before a process is killed (an open file dies with it).
+        wait_until(lambda: _logged_rows(logs) == 60, 10, "60 rows in completed log files")
+        polling = next(p for p in _listeners(base) if _holds_registry_lock(p))
+        os.kill(polling, signal.SIGKILL)  # the supervisor starts a new process; the other one takes over
+        wait_until(lambda: len(_listeners(base)) == 2 and polling not in _listeners(base), 30, "a new process")
+        registry.publish(name, tiny_onnx(NUMERIC, CATEGORICAL, 0.003))
+        wait_until(lambda: all(_version_of(base) == "3" for _ in range(8)), 30, "every process serving v3")
+        wait_until(lambda: metric(base, "serving_registry_pollers") == 1, 5, "one poller after the takeover")
     assert [status for status, _, _ in first + second] == [200] * 60
     # Each process listens on its own SO_REUSEPORT socket: connections are spread, not taken by one.
     assert len(spread) == 2 and min(spread) >= 6, spread
@@ -102,6 +115,16 @@ def test_two_worker_processes_follow_the_registry_log_and_answer_one_set_of_metr
     table = ds.dataset(logs, format="parquet", partitioning="hive").to_table()
     assert table.num_rows == 60  # both processes' logs, closed on shutdown
     assert sorted(table.column("model_version").to_pylist()) == ["1"] * 40 + ["2"] * 20
+
+
+def _logged_rows(logs: Path) -> int:
+    """Rows in the complete prediction-log files (files being written have a dot name: not read)."""
+    return ds.dataset(logs, format="parquet", partitioning="hive").count_rows() if logs.exists() else 0
+
+
+def _holds_registry_lock(pid: int) -> bool:
+    """Whether process `pid` holds the lock of the server's registry poller (an open registry.lock)."""
+    return any(f.path.endswith("/registry.lock") for f in psutil.Process(pid).open_files())
 
 
 def _listeners(base: str) -> list[int]:
