@@ -1,7 +1,7 @@
 """Prometheus metrics in the text exposition format (format 0.0.4), kept as plain counters.
 
 No client library: the set is small and fixed. A request's observation is one list append; the
-appended ones are folded into the counters when they are read, or every 4,096 requests (numpy then
+appended ones are folded into the counters when they are read, or every 512 requests (numpy then
 bins their durations at once). With several server processes
 (SERVING_WORKERS), each writes its counters to a shared folder every second, and whichever process
 a scrape reaches answers with their sum (counters and histograms; the model gauges are its own).
@@ -24,7 +24,9 @@ CONTENT_TYPE = b"text/plain; version=0.0.4; charset=utf-8"
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 4096)
 SHARE_VAR = "SERVING_METRICS_SHARE"  # the folder where the worker processes' counters meet
-FOLD_EVERY = 4096  # requests observed before they are folded into the counters (bounds the memory they take)
+# Requests observed before they are folded into the counters: bounds their memory, and the pause of one
+# fold (0.1 ms; 4,096 at once took 0.86 ms, in the middle of some request).
+FOLD_EVERY = 512
 
 
 @dataclass
