@@ -253,8 +253,8 @@ class ServingApp:
         self.runtime.shutdown(wait=False)
 
     async def _follow(self, first_poll: asyncio.Event) -> None:
-        """Poll (the registry, or the cache of the process that polls it) for good. `first_poll` is set
-        after the first registry poll, or once a process following the cache has a model."""
+        """Poll (the registry, or what the process that polls it hands over) for good. `first_poll` is set
+        after the first registry poll, or once a process following the polling one has a model."""
         while True:
             try:
                 await asyncio.to_thread(self.follower.poll)

@@ -5,10 +5,10 @@ version that fails to download-verify or load is reported (metrics, log) once pe
 old one keeps serving; an unreachable registry only counts a poll error.
 
 With several server processes (SERVING_WORKERS), one of them polls the registry: the one holding the
-lock file in the folder the processes share. It saves each version it loaded to the disk cache they
-share too, and the others follow that cache (a small file read per second), so the registry sees one
-server, not one per process (each alias lookup costs the MLflow server ~30 ms of CPU). When the
-polling process exits, the lock is free and the next process to look takes it over.
+lock file in the folder the processes share. It puts each version it loaded in that folder too (as well
+as in the disk cache), and the others follow it there (a small file read per second), so the registry
+sees one server, not one per process (each alias lookup costs the MLflow server ~30 ms of CPU). When
+the polling process exits, the lock is free and the next process to look takes it over.
 """
 
 from __future__ import annotations
@@ -45,6 +45,9 @@ class Follower:
         self._registry_down = False
         self._lock = lock
         self._lock_fd: int | None = None  # held for the process's life once taken
+        # Where the polling process hands versions to the others: beside the lock, always writable
+        # (the disk cache may not be, and must not be what keeps the processes on one version).
+        self._handover = ModelCache(lock.parent, settings.model_name) if lock else None
 
     def load_cached(self) -> bool:
         """Serve the last good model from disk, if there is one: the registry may be away."""
@@ -76,14 +79,14 @@ class Follower:
         return True
 
     def next_poll_in(self) -> float:
-        """Seconds to the next `poll`: the registry interval, or (following the cache) at most a second,
-        and a quarter of one while there is no model yet."""
+        """Seconds to the next `poll`: the registry interval, or (following the polling process) at most a
+        second, and a quarter of one while there is no model yet."""
         if self.client is None or self.polls_registry:
             return self.settings.poll_seconds
         return min(self.settings.poll_seconds, 0.25 if self.predictor is None else 1.0)
 
     def poll(self) -> None:
-        """One look at the alias (or, where another process polls the registry, at the cache it fills);
+        """One look at the alias (or, where another process polls the registry, at what it handed over);
         load and swap when it names another version."""
         if self.client is None:
             return
@@ -119,19 +122,26 @@ class Follower:
         except Exception as exc:  # noqa: BLE001 - a broken artifact must never take the server down
             self._load_failed(ref, f"onnxruntime cannot load it: {exc}")
             return
+        saved = ModelRef(ref.name, ref.version, predictor.model.sha256)
         try:
-            self.cache.save(ModelRef(ref.name, ref.version, predictor.model.sha256), payload)
+            self.cache.save(saved, payload)
         except OSError as exc:
             log.warning("could not cache %s v%s on disk: %s", ref.name, ref.version, exc)
+        if self._handover is not None:  # the other processes follow this
+            try:
+                self._handover.save(saved, payload)
+            except OSError as exc:
+                log.warning("could not hand %s v%s over to the other processes: %s", ref.name, ref.version, exc)
         self._swap(predictor, "the registry")
 
     def _follow_cache(self) -> None:
-        """Serve the version the polling process saved, once it differs from ours."""
-        ref = self.cache.peek()
+        """Serve the version the polling process handed over, once it differs from ours."""
+        assert self._handover is not None
+        ref = self._handover.peek()
         served = self.predictor.model.version if self.predictor else None
         if ref is None or ref.version == served or self._failed == (ref.version, ref.sha256):
             return
-        cached = self.cache.load()
+        cached = self._handover.load()
         if cached is None or cached[0] != ref:  # being replaced right now: the next look
             return
         try:
@@ -139,7 +149,7 @@ class Follower:
         except Exception as exc:  # noqa: BLE001 - a broken artifact must never take the server down
             self._load_failed(ref, f"onnxruntime cannot load the cached file: {exc}")
             return
-        self._swap(predictor, "the registry (through the cache of the process that polls it)")
+        self._swap(predictor, "the registry (handed over by the process that polls it)")
 
     def _prepare(self, ref: ModelRef, payload: bytes) -> Predictor:
         predictor = self._make(OnnxModel(payload, ref.name, ref.version))

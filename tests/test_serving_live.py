@@ -82,8 +82,11 @@ def test_two_worker_processes_follow_the_registry_log_and_answer_one_set_of_metr
     registry.publish(name, tiny_onnx(NUMERIC, CATEGORICAL, 0.001))
     logs = tmp_path / "predictions"
     predict = 'serving_requests_total{route="/predict",status="200"}'
+    not_a_folder = tmp_path / "file"
+    not_a_folder.write_text("")  # a cache below a file cannot be written, not even by root
     with serving_process(tmp_path, MODEL_NAME=name, MLFLOW_SERVER_URL=registry.url, SERVING_WORKERS="2",
-                         SERVING_PREDICTION_LOG_DIR=str(logs), SERVING_PREDICTION_LOG_FLUSH_SECONDS="0.5") as base:
+                         SERVING_PREDICTION_LOG_DIR=str(logs), SERVING_PREDICTION_LOG_FLUSH_SECONDS="0.5",
+                         SERVING_CACHE_DIR=str(not_a_folder / "cache")) as base:
         wait_until(lambda: metric(base, "serving_processes") == 2, 30, "both processes in the metrics")
         wait_until(lambda: all(_version_of(base) == "1" for _ in range(8)), 30, "every process serving v1")
         wait_until(lambda: len(_listeners(base)) == 2, 30, "both processes listening")
@@ -97,7 +100,8 @@ def test_two_worker_processes_follow_the_registry_log_and_answer_one_set_of_metr
         wait_until(lambda: metric(base, "serving_model_swaps_total") == 2, 5, "one swap per process")
         wait_until(lambda: metric(base, predict) == 60, 5, "60 predictions counted across the processes")
         assert metric(base, 'serving_model_info{name="workers_model",version="2"') == 1
-        # One process polls the registry for both (the other follows the cache it fills).
+        # One process polls the registry for both; the other follows what it hands over (not the disk
+        # cache, which is unusable here).
         assert [metric(base, "serving_registry_pollers") for _ in range(6)] == [1] * 6
         # Completed log files hold every row before a process is killed (an open file dies with it).
         wait_until(lambda: _logged_rows(logs) == 60, 10, "60 rows in completed log files")
