@@ -65,18 +65,8 @@ class Follower:
 
     @property
     def polls_registry(self) -> bool:
-        """Whether this process is the one that polls the registry (takes the lock when it is free)."""
-        if self._lock is None or self._lock_fd is not None:
-            return True
-        fd = os.open(self._lock, os.O_RDWR | os.O_CREAT, 0o600)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(fd)
-            return False
-        self._lock_fd = fd
-        log.info("this process polls the registry for the server's processes")
-        return True
+        """Whether this process polls the registry: the only one, or the holder of the lock."""
+        return self.client is not None and (self._lock is None or self._lock_fd is not None)
 
     def next_poll_in(self) -> float:
         """Seconds to the next `poll`: the registry interval, or (following the polling process) at most a
@@ -85,14 +75,28 @@ class Follower:
             return self.settings.poll_seconds
         return min(self.settings.poll_seconds, 0.25 if self.predictor is None else 1.0)
 
+    def _claim_lock(self) -> None:
+        """Take the lock when it is free (its holder exited): this process polls the registry from now on."""
+        assert self._lock is not None
+        fd = os.open(self._lock, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            return
+        self._lock_fd = fd
+        log.info("this process polls the registry for the server's processes")
+
     def poll(self) -> None:
         """One look at the alias (or, where another process polls the registry, at what it handed over);
         load and swap when it names another version."""
         if self.client is None:
             return
+        if self._lock is not None and self._lock_fd is None:
+            self._claim_lock()
         self.state.polls_registry = int(self.polls_registry)
-        if not self.state.polls_registry:
-            self._follow_cache()
+        if not self.polls_registry:
+            self._follow_handover()
             return
         try:
             ref = self.client.resolve(self.settings.model_name, self.settings.alias)
@@ -134,7 +138,7 @@ class Follower:
                 log.warning("could not hand %s v%s over to the other processes: %s", ref.name, ref.version, exc)
         self._swap(predictor, "the registry")
 
-    def _follow_cache(self) -> None:
+    def _follow_handover(self) -> None:
         """Serve the version the polling process handed over, once it differs from ours."""
         assert self._handover is not None
         ref = self._handover.peek()

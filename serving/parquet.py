@@ -245,10 +245,8 @@ def _pages(col: Column) -> Iterator[tuple[bytes, int, bool]]:
         data = _data_page(rows, _RLE_DICTIONARY, raw, raw)
         yield data, len(data), False
         return
-    if not isinstance(col.values, Pages):
-        yield _plain_page(col)
-        return
-    for group in col.values.groups or [[[]]]:
+    groups: list[list[Any]] = col.values.groups if isinstance(col.values, Pages) else [[col.values]]  # one page
+    for group in groups or [[[]]]:
         yield _plain_page(Column(col.name, col.kind, _join(group)))
 
 

@@ -17,7 +17,6 @@ doubled the 99th-percentile latency, for ~5 % of the work. On the loop it is pla
 from __future__ import annotations
 
 import asyncio
-import itertools
 import logging
 import random
 import time
@@ -26,7 +25,7 @@ from collections import deque
 from collections.abc import Generator, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from itertools import chain
+from itertools import chain, pairwise
 from pathlib import Path
 from typing import Any
 
@@ -178,21 +177,22 @@ def _columns(group: list[_Entry]) -> Generator[None, None, list[Column]]:
     model = group[0].model
     keep = [_sampled_rows(e) for e in group]
     pages: list[list[int]] = [[]]  # entry indexes per page
+    bounds = [0]  # the pages' row offsets
     in_page = 0
     for i, e in enumerate(group):
         if pages[-1] and in_page + e.rows > PAGE_ROWS:
             pages.append([])
+            bounds.append(bounds[-1] + in_page)
             in_page = 0
         pages[-1].append(i)
         in_page += e.rows
-    ends = list(itertools.accumulate(e.rows for e in group))
-    bounds = [0, *(ends[page[-1]] for page in pages)]  # the pages' row offsets
+    bounds.append(bounds[-1] + in_page)
 
     def paged(values: list[Any]) -> Pages:
         return Pages([[values[i] if keep[i] is None else values[i][keep[i]] for i in page] for page in pages])
 
     def cut(values: Any) -> Pages:  # one sequence for the slice, cut at the pages' bounds
-        return Pages([[values[a:b]] for a, b in itertools.pairwise(bounds)])
+        return Pages([[values[a:b]] for a, b in pairwise(bounds)])
 
     rows = bounds[-1]
     sampled = [(n, tag) for e in group for n, tag in e.spans if tag]

@@ -122,10 +122,12 @@ class ModelCache:
             return None
 
     def load(self) -> tuple[ModelRef, bytes] | None:
+        ref = self.peek()
+        if ref is None:
+            return None
         try:
-            ref = ModelRef(**json.loads((self.dir / "ref.json").read_text()))
             payload = (self.dir / ONNX_FILE).read_bytes()
-        except (OSError, ValueError, TypeError):
+        except OSError:
             return None
         if ref.sha256 and hashlib.sha256(payload).hexdigest() != ref.sha256:
             return None
