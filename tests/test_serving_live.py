@@ -242,10 +242,23 @@ def test_every_endpoint_over_http_with_auth_off_and_on(tmp_path, token):
             assert status == 400 and field in json.loads(payload)["error"]
         status, _, payload = call(base, "POST", "/predict", {"records": [RECORD] * 100}, auth)
         assert status == 413 and "4096" in json.loads(payload)["error"]
+        assert _chunked_status(base, auth, json.dumps({"records": [RECORD] * 100}).encode()) == 413  # no length
         assert _h2c_offer_keeps_the_body(base, auth) == 200
         text = call(base, "GET", "/metrics", headers=auth)[2].decode()
         assert 'serving_requests_total{route="/predict",status="400"} 5' in text
-        assert 'serving_requests_total{route="/predict",status="413"} 1' in text
+        assert 'serving_requests_total{route="/predict",status="413"} 2' in text
+
+
+def _chunked_status(base: str, auth: dict[str, str], body: bytes) -> int:
+    """POST /predict with Transfer-Encoding: chunked (no Content-Length), the body in one chunk."""
+    host, port = base.removeprefix("http://").split(":")
+    conn = http.client.HTTPConnection(host, int(port), timeout=10)
+    try:
+        conn.request("POST", "/predict", body=iter([body]), encode_chunked=True,
+                     headers={"Content-Type": "application/json", **auth})
+        return conn.getresponse().status
+    finally:
+        conn.close()
 
 
 def _h2c_offer_keeps_the_body(base: str, auth: dict[str, str]) -> int:
