@@ -9,12 +9,13 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnx
 import pandas as pd
 import torch
-from onnx import TensorProto, helper
+from onnx import TensorProto, helper, numpy_helper
 from torch import nn
 
 ONNX_OPSET = 18
@@ -130,21 +131,34 @@ def export_onnx(net: TabularNet, path: Path, metadata: dict[str, str]) -> onnx.M
         [helper.make_tensor_value_info(c, TensorProto.FLOAT, ["N"]) for c in cfg.numeric]
         + [helper.make_tensor_value_info(c, TensorProto.STRING, ["N"]) for c in cfg.categorical]
     )
-    axes = helper.make_tensor("__axes1", TensorProto.INT64, [1], [1])
-    graph.initializer.append(axes)
-    pre = [helper.make_node("Unsqueeze", [c, "__axes1"], [f"__{c}_2d"]) for c in cfg.numeric]
-    pre.append(helper.make_node("Concat", [f"__{c}_2d" for c in cfg.numeric], ["__numeric"], axis=1))
+    graph.initializer.append(helper.make_tensor("__numeric_shape", TensorProto.INT64, [2], [len(cfg.numeric), -1]))
+    # The numeric columns become the (N, n) matrix in three nodes (stack as (n, N), transpose), not one
+    # Unsqueeze each: onnxruntime pays per node and per intermediate tensor on every call, and the
+    # server's calls are small (~30 us for 43 nodes, ~25 us for 26, at 1-12 rows).
+    pre = [helper.make_node("Concat", list(cfg.numeric), ["__numeric_flat"], axis=0),
+           helper.make_node("Reshape", ["__numeric_flat", "__numeric_shape"], ["__numeric_by_column"]),
+           helper.make_node("Transpose", ["__numeric_by_column"], ["__numeric"], perm=[1, 0])]
     for c in cfg.categorical:
         vocab = cfg.vocab[c]
         pre.append(helper.make_node(
             "LabelEncoder", [c], [f"__{c}_code"], domain="ai.onnx.ml",
             keys_strings=vocab, values_int64s=list(range(1, len(vocab) + 1)), default_int64=0,
         ))
-        pre.append(helper.make_node("Unsqueeze", [f"__{c}_code", "__axes1"], [f"__{c}_code2d"]))
-    pre.append(helper.make_node("Concat", [f"__{c}_code2d" for c in cfg.categorical], ["__codes"], axis=1))
-    nodes = pre + list(graph.node)
+    nodes = _take_code_columns(list(graph.node), graph.initializer, cfg.categorical)
+    if any("__codes" in n.input for n in nodes):  # the torch graph uses the codes matrix as a whole
+        axes = helper.make_tensor("__axes1", TensorProto.INT64, [1], [1])
+        graph.initializer.append(axes)
+        pre += [helper.make_node("Unsqueeze", [f"__{c}_code", "__axes1"], [f"__{c}_code2d"]) for c in cfg.categorical]
+        pre.append(helper.make_node("Concat", [f"__{c}_code2d" for c in cfg.categorical], ["__codes"], axis=1))
+    nodes = pre + nodes
     del graph.node[:]
     graph.node.extend(nodes)
+    used = {name for n in nodes for name in n.input}
+    for orphan in [i for i in graph.initializer if i.name not in used and not i.dims]:  # the Gathers' indexes
+        graph.initializer.remove(orphan)
+    known = used | {o for n in nodes for o in n.output}
+    for stale in [v for v in graph.value_info if v.name not in known]:  # shapes of the tensors taken out
+        graph.value_info.remove(stale)
     # LabelEncoder with int64 values needs ai.onnx.ml >= 2; the exporter may have declared 1.
     kept = [o for o in model.opset_import if o.domain != "ai.onnx.ml"]
     del model.opset_import[:]
@@ -157,6 +171,24 @@ def export_onnx(net: TabularNet, path: Path, metadata: dict[str, str]) -> onnx.M
     path.parent.mkdir(parents=True, exist_ok=True)
     onnx.save(model, str(path))
     return model
+
+
+def _take_code_columns(nodes: list[onnx.NodeProto], initializers: Any, categorical: list[str]) -> list[onnx.NodeProto]:
+    """The torch graph's nodes, with each `codes[:, i]` (a Gather of one constant index on axis 1) replaced
+    by column i's LabelEncoder output, which is that column already: no codes matrix to build and take apart."""
+    constants = {i.name: numpy_helper.to_array(i) for i in initializers if not i.dims}  # scalars only
+    renamed: dict[str, str] = {}
+    kept = []
+    for n in nodes:
+        axis = next((a.i for a in n.attribute if a.name == "axis"), 0)
+        index = constants.get(n.input[1]) if n.op_type == "Gather" and len(n.input) == 2 else None
+        if n.input[:1] == ["__codes"] and axis == 1 and index is not None and 0 <= int(index) < len(categorical):
+            renamed[n.output[0]] = f"__{categorical[int(index)]}_code"
+            continue
+        kept.append(n)
+    for n in kept:
+        n.input[:] = [renamed.get(name, name) for name in n.input]
+    return kept
 
 
 def save_checkpoint(net: TabularNet, path: Path) -> None:

@@ -57,6 +57,15 @@ def test_onnx_export_matches_torch_on_raw_columns(spec, splits, trained, tmp_pat
     assert parity(onnx_probs, torch_probs(net, spec, splits.holdout), "t") <= 1e-5
 
 
+def test_onnx_front_takes_the_columns_in_few_nodes(trained, tmp_path):
+    # onnxruntime pays per node on every call: the numeric matrix is three nodes, and each embedding
+    # reads its column's LabelEncoder output (no codes matrix built and taken apart again).
+    model = export_onnx(trained[0], tmp_path / "model.onnx", {"model_name": "t"})
+    ops = [n.op_type for n in model.graph.node]
+    assert "Unsqueeze" not in ops and not any("__codes" in n.input for n in model.graph.node)
+    assert ops[:3] == ["Concat", "Reshape", "Transpose"]
+
+
 def test_a_broken_export_fails_the_parity_check(spec, splits, trained, tmp_path):
     net, _ = trained
     path = tmp_path / "model.onnx"
