@@ -1,4 +1,5 @@
-"""Caller-facing messages for invalid JSON: msgspec's errors reworded with their path, NaN/Infinity located."""
+"""Caller-facing messages for invalid JSON: msgspec's errors reworded with their path, NaN, Infinity and
+broken text located."""
 
 from __future__ import annotations
 
@@ -27,20 +28,41 @@ def path_and_message(exc: msgspec.ValidationError, datatype: str) -> str:
 
 
 def malformed(body: bytes, exc: msgspec.DecodeError) -> InputError:
-    """Not JSON. If only NaN/Infinity made it so, say where: the stdlib parser accepts them."""
+    """Not JSON. If only what the stdlib parser accepts made it so (NaN, Infinity, half a surrogate pair),
+    say where."""
     try:
         doc = json.loads(body)
     except ValueError:
         return InputError(f"body: not valid JSON ({exc})")
-    path = non_finite(doc, "")
-    if path is not None:
-        return InputError(f"{path or 'body'}: NaN and Infinity are not JSON numbers; send null for a missing value")
+    found = invalid_value(doc, "")
+    if found is not None:
+        return InputError(f"{found[0] or 'body'}: {found[1]}")
     return InputError(f"body: not valid JSON ({exc})")
 
 
-def non_finite(doc: Any, path: str) -> str | None:
+def not_utf8(where: str, data: bytes | memoryview | msgspec.Raw) -> InputError:
+    """A string in the JSON that is not UTF-8: the byte where it breaks (msgspec does not say)."""
+    try:
+        bytes(data).decode()
+    except UnicodeDecodeError as exc:
+        return InputError(f"{where}: not UTF-8 at byte {exc.start} ({exc.reason}); JSON text is UTF-8")
+    return InputError(f"{where}: not UTF-8; JSON text is UTF-8")
+
+
+def invalid_value(doc: Any, path: str) -> tuple[str, str] | None:
+    """(path, why) of the first value JSON does not allow that Python's parser took: NaN or Infinity, or a
+    string with an unpaired surrogate escape (like "\\ud800")."""
     if isinstance(doc, float):
-        return None if math.isfinite(doc) else path
+        return None if math.isfinite(doc) else (
+            path, "NaN and Infinity are not JSON numbers; send null for a missing value")
+    if isinstance(doc, str):
+        if doc.isascii():
+            return None
+        try:
+            doc.encode()
+        except UnicodeEncodeError:
+            return path, "a \\u escape of half a surrogate pair is not a character"
+        return None
     if isinstance(doc, dict):
         if path.startswith("inputs[") and isinstance(doc.get("name"), str):
             path = f"inputs.{doc['name']}"  # name the tensor, not its position
@@ -50,7 +72,7 @@ def non_finite(doc: Any, path: str) -> str | None:
     else:
         return None
     for sub, value in items:
-        found = non_finite(value, sub)
+        found = invalid_value(value, sub)
         if found is not None:
             return found
     return None

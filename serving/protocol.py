@@ -105,6 +105,8 @@ class Protocol:
             raise InputError(self._explain(exc, 'expected {"records": [{feature: value, ...}, ...]}')) from None
         except msgspec.DecodeError as exc:
             raise messages.malformed(body, exc) from None
+        except UnicodeDecodeError:
+            raise messages.not_utf8("body", body) from None
         if not req.records:
             raise InputError("records: at least one record is required")
         return Rows(len(req.records), records=list(map(msgspec.structs.astuple, req.records))), req.id
@@ -136,6 +138,8 @@ class Protocol:
                 from None
         except msgspec.DecodeError as exc:
             raise messages.malformed(head, exc) from None
+        except UnicodeDecodeError:
+            raise messages.not_utf8("body", head) from None
         if not req.inputs:
             raise InputError("inputs: at least one input tensor is required")
         payloads = _payloads(req.inputs, binary)
@@ -212,6 +216,8 @@ class Protocol:
             values = self._columns[(kind, nested)].decode(raw)
         except msgspec.ValidationError as exc:
             raise InputError(f"{where}.data{messages.path_and_message(exc, datatype)}") from None
+        except UnicodeDecodeError:  # `data` was skipped over, not checked, when the body was decoded
+            raise messages.not_utf8(f"{where}.data", raw) from None
         return list(chain.from_iterable(values)) if nested else values
 
     def _row_major(self, t: _Tensor, payload: Payload) -> Rows:
@@ -232,11 +238,15 @@ class Protocol:
                 columns = list(zip(*self._rows_nested.decode(payload), strict=True))
             except msgspec.ValidationError as exc:
                 raise InputError(f"{where}.data{self._row_major_path(exc)}") from None
+            except UnicodeDecodeError:
+                raise messages.not_utf8(f"{where}.data", payload) from None
         else:
             try:
                 flat = self._rows_flat.decode(payload)
             except msgspec.ValidationError as exc:
                 raise InputError(f"{where}.data{messages.path_and_message(exc, t.datatype)}") from None
+            except UnicodeDecodeError:
+                raise messages.not_utf8(f"{where}.data", payload) from None
             if len(flat) != count * width:
                 raise InputError(f"{where}: shape {t.shape} says {count * width} values, data has {len(flat)}")
             columns = [flat[i::width] for i in range(width)]

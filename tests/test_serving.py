@@ -166,6 +166,16 @@ def test_predict_refuses_bad_records_naming_the_field(client, body, field):
     (b'{"records": [', "not valid JSON"),
     (b"\xff\xfe\x00", "not valid JSON"),
     (b"", "not valid JSON"),
+    (b'{"records": [{"distance": 1, "hour": 7, "carrier": "U\xffA", "origin": "EWR"}]}', "body: not UTF-8 at byte 53"),
+    (b'{"records": [{"distance": 1, "hour": 7, "carrier": "\\ud800", "origin": "EWR"}]}',
+     "records[0].carrier: a \\u escape of half a surrogate pair"),
+    (json.dumps({"inputs": _tensors([RECORD])}).encode().replace(b'"UA"', b'"\xff"'), "inputs.carrier.data: not UTF-8"),
+    (json.dumps({"inputs": _tensors([RECORD])}).encode().replace(b'"UA"', b'"\\udc00"'),
+     "inputs.carrier.data[0]: a \\u escape"),
+    (b'{"inputs": [{"name": "input", "shape": [1, 4], "datatype": "BYTES", "data": [[1, 7, "\xff", "EWR"]]}]}',
+     "inputs.input.data: not UTF-8"),
+    (b'{"inputs": [{"name": "input", "shape": [1, 4], "datatype": "BYTES", "data": [1, 7, "\xff", "EWR"]}]}',
+     "inputs.input.data: not UTF-8"),
 ])
 def test_malformed_json_and_nan_are_400s_naming_the_place(client, raw, field):
     path = INFER if b"inputs" in raw else "/predict"
