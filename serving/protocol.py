@@ -265,7 +265,7 @@ class Protocol:
 
     def _outputs(self, req: _InferBody) -> list[tuple[str, bool]]:
         binary = bool((req.parameters or {}).get("binary_data_output", False))
-        if req.outputs is None:
+        if not req.outputs:  # absent or empty: every output (some clients always send the field)
             return [(name, binary) for name in OUTPUTS]
         for o in req.outputs:
             if o.name not in OUTPUTS:

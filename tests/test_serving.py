@@ -97,6 +97,9 @@ def test_oip_infer_with_one_tensor_per_column(client):
     assert body["outputs"][1] == {"name": "label", "datatype": "INT64", "shape": [1],
                                   "data": [int(body["outputs"][0]["data"][0] >= 0.5)]}
     assert body["id"] == "r1" and body["model_version"] == "7" and resp.headers["x-model-version"] == "7"
+    # An empty list of requested outputs (some clients always send the field) means all of them, as absent does.
+    again = client.post(INFER, json={"inputs": _tensors([RECORD]), "id": "r1", "outputs": []}).json()
+    assert again["outputs"] == body["outputs"]
 
 
 def test_oip_row_major_tensor_answers_like_the_per_feature_form(client):
