@@ -128,11 +128,11 @@ async def read_body(receive: Receive, headers: dict[bytes, bytes], limit: int) -
     if message["type"] == "http.disconnect":
         raise ClientGone
     body: bytes = message.get("body", b"")
-    chunks, size = [body], len(body)
-    if size > limit:  # no Content-Length (chunked): the server may hand the whole body over at once
+    if len(body) > limit:  # no Content-Length (chunked): the server may hand the whole body over at once
         raise PayloadTooLarge(f"body: over the limit of {limit} bytes (SERVING_MAX_BODY_BYTES)")
     if not message.get("more_body", False):
         return body
+    chunks, size = [body], len(body)
     while True:
         message = await receive()
         if message["type"] == "http.disconnect":
