@@ -597,10 +597,22 @@ def test_settings_from_env_name_the_bad_variable(tmp_path):
     s = Settings.from_env(env)
     assert (s.auth_token, s.max_body_bytes, s.prediction_log_sample, s.prediction_log_dir) == ("t", 1000, 0.1, None)
     assert Settings.from_env({"STATE_DIR": str(tmp_path)}).prediction_log_dir == tmp_path / "serving" / "predictions"
-    for name, value in (("SERVING_PORT", "http"), ("SERVING_PREDICTION_LOG_SAMPLE", "2"),
-                        ("SERVING_MAX_BODY_BYTES", "-1"), ("SERVING_ACCESS_LOG", "maybe")):
-        with pytest.raises(ValueError, match=name):
+    assert Settings.from_env({**env, "MLFLOW_SERVER_URL": ""}).registry_url is None
+    empty = tmp_path / "token"
+    empty.write_text("\n")
+    for name, value, expected in (
+            ("SERVING_PORT", "http", "expected a port, 0 to 65535"),
+            ("SERVING_PREDICTION_LOG_SAMPLE", "2", "expected a share from 0 to 1"),
+            ("SERVING_MAX_BODY_BYTES", "-1", "expected a whole number of bytes"),
+            ("SERVING_ACCESS_LOG", "maybe", "expected 1/0, true/false"),
+            ("MLFLOW_SERVER_URL", "mlflow:5000", "expected an http:// or https:// URL"),
+            # A secret that did not mount must not turn auth off.
+            ("SERVING_AUTH_TOKEN_FILE", str(tmp_path / "missing"), "cannot read the token"),
+            ("SERVING_AUTH_TOKEN_FILE", str(empty), "the file is empty")):
+        with pytest.raises(ValueError, match=re.escape(f"{name}={value!r}: {expected}")):
             Settings.from_env({**env, name: value})
+    empty.write_text("s3cret\n")
+    assert Settings.from_env({**env, "SERVING_AUTH_TOKEN_FILE": str(empty)}).auth_token == "s3cret"
 
 
 def test_each_worker_process_unpickles_a_listening_socket_of_its_own_on_the_same_port():
