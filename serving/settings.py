@@ -91,7 +91,8 @@ def _url(raw: str) -> str | None:
         return None
     parts = urlsplit(raw)
     if parts.scheme not in ("http", "https") or not parts.netloc:
-        raise ValueError(f"MLFLOW_SERVER_URL={raw!r}: expected an http:// or https:// URL (empty: serve the cache only)")
+        raise ValueError(f"MLFLOW_SERVER_URL={raw!r}: expected an http:// or https:// URL "
+                         "(empty: serve the cache only)")
     return raw
 
 
