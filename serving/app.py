@@ -231,6 +231,8 @@ class ServingApp:
         """Serve from the disk cache at once when there is one; follow the registry in the background."""
         await asyncio.to_thread(self.follower.load_cached)
         if self.predlog is not None:
+            # Complete the log files an earlier run left open (killed, out of memory) before serving.
+            await asyncio.to_thread(self.predlog.recover_orphans)
             self.predlog.start()
         first_poll = asyncio.Event()
         self._poller = asyncio.create_task(self._follow(first_poll))

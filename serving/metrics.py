@@ -95,6 +95,7 @@ class Metrics:
         self.log_rows = 0
         self.log_dropped = 0
         self.log_files = 0
+        self.log_recovered = 0  # rows of files that stopped processes left open, completed here
         self.started = time.time()
         self.processes = 1  # server processes these counters add up (SERVING_WORKERS)
         self._observed: list[tuple[str, int, float]] = []  # requests not yet folded into the counters
@@ -129,7 +130,7 @@ class Metrics:
                 "requests_per_batch": [self.requests_per_batch.counts, self.requests_per_batch.total,
                                        self.requests_per_batch.n],
                 "model": asdict(self.model), "log_rows": self.log_rows, "log_dropped": self.log_dropped,
-                "log_files": self.log_files, "started": self.started}
+                "log_files": self.log_files, "log_recovered": self.log_recovered, "started": self.started}
 
     def merged(self, others: list[dict[str, Any]]) -> Metrics:
         """These counters plus the other processes' (`state()`s); the model gauges stay this process's."""
@@ -149,6 +150,7 @@ class Metrics:
             total.log_rows += state["log_rows"]
             total.log_dropped += state["log_dropped"]
             total.log_files += state["log_files"]
+            total.log_recovered += state.get("log_recovered", 0)
             total.started = min(total.started, state["started"])
         for state in others:
             model = state["model"]
@@ -241,6 +243,10 @@ class Metrics:
             "# HELP serving_prediction_log_files_total Parquet files written to the prediction log.",
             "# TYPE serving_prediction_log_files_total counter",
             f"serving_prediction_log_files_total {self.log_files}",
+            "# HELP serving_prediction_log_recovered_rows_total Rows of prediction-log files that a stopped process "
+            "left open, completed from their journal.",
+            "# TYPE serving_prediction_log_recovered_rows_total counter",
+            f"serving_prediction_log_recovered_rows_total {self.log_recovered}",
             "# HELP serving_processes Server processes whose counters this answer adds up.",
             "# TYPE serving_processes gauge",
             f"serving_processes {self.processes}",

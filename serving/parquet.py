@@ -10,6 +10,7 @@ as one data page per group of pieces, each group joined only when its page is en
 
 from __future__ import annotations
 
+import json
 import struct
 import zlib
 from collections.abc import Iterator, Sequence
@@ -136,7 +137,7 @@ class _Struct:
         self.buf += bytes([(n << 4) | etype]) if n < 15 else bytes([0xF0 | etype]) + _varint(n)
         for item in items:
             if etype == _T_STRUCT:
-                self.buf += item.end()
+                self.buf += item if isinstance(item, bytes) else item.end()  # bytes: encoded already
             elif etype == _T_BINARY:
                 data = item.encode() if isinstance(item, str) else item
                 self.buf += _varint(len(data)) + data
@@ -286,18 +287,28 @@ def _schema_element(col: Column) -> _Struct:
 
 
 class ParquetWriter:
-    """Row groups appended to an open file; the footer (schema, row-group index, metadata) on close."""
+    """Row groups appended to an open file; the footer (schema, row-group index, metadata) on close.
 
-    def __init__(self, path: Path, schema: list[tuple[str, str]]) -> None:
+    With a `journal`, each row group's index entry is also appended there once its pages are written,
+    so `recover` can complete the file if this process dies before `close` (a Parquet file is unreadable
+    without its footer).
+    """
+
+    def __init__(self, path: Path, schema: list[tuple[str, str]], metadata: dict[str, str] | None = None,
+                 journal: Path | None = None) -> None:
         unknown = {kind for _, kind in schema} - set(KINDS)
         if unknown:
             raise ValueError(f"unsupported column kinds {sorted(unknown)}")
-        self.path, self.schema = path, schema
+        self.path, self.schema, self.metadata = path, schema, metadata
         self.rows = 0
-        self._groups: list[_Struct] = []
+        self._groups: list[bytes] = []
         self._file = path.open("wb")
         self._file.write(b"PAR1")
         self._offset = 4
+        self._journal = None
+        if journal is not None:
+            self._journal = journal.open("wb", buffering=0)
+            self._journal.write(_record(json.dumps({"schema": schema, "metadata": metadata or {}}).encode()))
 
     def write(self, columns: list[Column]) -> None:
         """One row group; `columns` match the schema and have the same length."""
@@ -331,20 +342,74 @@ class ParquetWriter:
                 meta.i64(11, start)  # dictionary_page_offset
             chunks.append(_Struct().i64(2, start).struct(3, meta))
             total += uncompressed
-        self._groups.append(_Struct().list(1, _T_STRUCT, chunks).i64(2, total).i64(3, rows))
+        group = _Struct().list(1, _T_STRUCT, chunks).i64(2, total).i64(3, rows).end()
+        self._groups.append(group)
         self.rows += rows
+        if self._journal is not None:
+            self._file.flush()  # the pages reach the OS before the entry that points past them
+            self._journal.write(_record(struct.pack("<QQ", self._offset, rows) + group))
 
     def close(self, metadata: dict[str, str] | None = None) -> None:
-        columns = [Column(name, kind, Constant(None, 0)) for name, kind in self.schema]
-        root = _Struct().binary(4, "schema").i32(5, len(columns))
-        footer = _Struct().i32(1, 1).list(2, _T_STRUCT, [root, *map(_schema_element, columns)]).i64(3, self.rows)
-        footer.list(4, _T_STRUCT, self._groups)
-        if metadata:
-            footer.list(5, _T_STRUCT, [_Struct().binary(1, k).binary(2, v) for k, v in metadata.items()])
-        footer.binary(6, "flights-mlops serving")
-        tail = footer.end()
-        self._file.write(tail + struct.pack("<I", len(tail)) + b"PAR1")
+        self._file.write(_footer(self.schema, self._groups, self.rows, metadata or self.metadata))
         self._file.close()
+        if self._journal is not None:
+            self._journal.close()
+
+
+def recover(path: Path, journal: Path) -> int:
+    """Complete `path`, left without its footer by a writer that died, from the writer's `journal`: cut
+    it after the last row group the journal records whole, append the footer. The rows kept."""
+    data = journal.read_bytes()
+    records, pos = [], 0
+    while pos + 4 <= len(data):
+        (n,) = struct.unpack_from("<I", data, pos)
+        if pos + 4 + n > len(data):  # the writer died while appending this one
+            break
+        records.append(data[pos + 4:pos + 4 + n])
+        pos += 4 + n
+    if not records:
+        raise ValueError(f"{journal}: no header record")
+    head = json.loads(records[0])
+    size = path.stat().st_size
+    groups, rows, end = [], 0, 4
+    for record in records[1:]:
+        offset, n = struct.unpack_from("<QQ", record)
+        if offset > size:
+            break
+        groups.append(record[16:])
+        rows, end = rows + n, offset
+    with path.open("r+b") as f:
+        f.truncate(end)
+        f.seek(end)
+        f.write(_footer([(name, kind) for name, kind in head["schema"]], groups, rows, head["metadata"]))
+    return rows
+
+
+def is_complete(path: Path) -> bool:
+    """Whether `path` ends with a Parquet footer (its writer closed it)."""
+    try:
+        with path.open("rb") as f:
+            f.seek(-8, 2)
+            tail = f.read(8)
+    except OSError:  # shorter than 8 bytes
+        return False
+    return tail[4:] == b"PAR1" and 0 < struct.unpack("<I", tail[:4])[0] < path.stat().st_size
+
+
+def _record(payload: bytes) -> bytes:
+    return struct.pack("<I", len(payload)) + payload
+
+
+def _footer(schema: list[tuple[str, str]], groups: list[bytes], rows: int, metadata: dict[str, str] | None) -> bytes:
+    columns = [Column(name, kind, Constant(None, 0)) for name, kind in schema]
+    root = _Struct().binary(4, "schema").i32(5, len(columns))
+    footer = _Struct().i32(1, 1).list(2, _T_STRUCT, [root, *map(_schema_element, columns)]).i64(3, rows)
+    footer.list(4, _T_STRUCT, groups)
+    if metadata:
+        footer.list(5, _T_STRUCT, [_Struct().binary(1, k).binary(2, v) for k, v in metadata.items()])
+    footer.binary(6, "flights-mlops serving")
+    tail = footer.end()
+    return tail + struct.pack("<I", len(tail)) + b"PAR1"
 
 
 def write_table(path: Path, columns: list[Column], metadata: dict[str, str] | None = None) -> None:

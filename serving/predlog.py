@@ -7,7 +7,10 @@ column (at most PAGE_ROWS rows) per step, with requests served between them, and
 `flush_seconds`, at the turn of the hour and at shutdown:
 `<root>/dt=YYYY-MM-DD/hr=HH/part-*.parquet` (UTC, Hive-style partitions). Open files have a dot name
 and are renamed when complete, so readers never see half a file. The production monitoring DAG reads
-the directory as one dataset.
+the directory as one dataset. Beside each open file, a journal records every row group written: when
+a process dies without closing its files (SIGKILL, out of memory), the next start, or a sibling
+process within `orphan_after` seconds, completes them up to their last row group (at most one slice,
+a tenth of a second, is lost, instead of the whole file).
 
 Why not a thread: a writer thread needs the GIL in many short turns, and each turn makes the event
 loop wait for it to be scheduled: on a busy machine that cost ~15 % of the requests per second and
@@ -18,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import random
 import time
 import uuid
@@ -33,7 +37,7 @@ import numpy as np
 
 from serving.metrics import Metrics
 from serving.model import OnnxModel
-from serving.parquet import Column, Constant, Pages, ParquetWriter
+from serving.parquet import Column, Constant, Pages, ParquetWriter, is_complete, recover
 from serving.predictor import LogTag
 
 log = logging.getLogger("serving.predlog")
@@ -43,6 +47,9 @@ SLICE_SECONDS = 0.1  # a slice's row group stays small (~1-2 k rows of 1-row req
 # Rows per data page: small runtime calls are joined into pages of up to this many rows (a writer step's
 # work; the largest array it joins is ~25 KB), a larger call's arrays are a page as they are (no copy).
 PAGE_ROWS = 2048
+# An open file is `.<name>.tmp` beside its journal `.<name>.journal` (each row group's index entry, for
+# completing the file if its process dies); a file being completed by another process is `.<name>.recovering-*`.
+TMP, JOURNAL, CLAIMED = ".tmp", ".journal", ".recovering"
 
 
 @dataclass(slots=True)
@@ -81,6 +88,8 @@ class PredictionLog:
         self._open: dict[tuple[int, int], _OpenFile] = {}  # (hours since epoch, id(model)) -> its open file
         self._writer: asyncio.Task[None] | None = None
         self._stopping = False
+        # A file untouched this long belongs to a process that stopped without closing it.
+        self.orphan_after = 2 * flush_seconds + 10
 
     def sampled(self) -> bool:
         """Called per request: whether this one goes to the log."""
@@ -109,8 +118,17 @@ class PredictionLog:
         self.flush()
 
     async def _write_slices(self) -> None:
+        # Every folder was scanned before the server started (ServingApp.startup); from then on, the
+        # folders of the last hours, where a sibling process that dies leaves its files (a few ms).
+        scan_at = time.time() + self.orphan_after / 2
         while not self._stopping:
             await asyncio.sleep(min(SLICE_SECONDS, self._flush_seconds))
+            if time.time() >= scan_at:
+                scan_at = time.time() + self.orphan_after / 2
+                try:
+                    self.recover_orphans(hours=2)
+                except Exception:  # noqa: BLE001 - the writer must outlive a bad scan
+                    log.exception("prediction log: the scan for files left open failed")
             try:
                 for _ in self._append():
                     await asyncio.sleep(0)  # requests run between the steps
@@ -148,25 +166,91 @@ class PredictionLog:
 
     def _file(self, key: tuple[int, int], first: _Entry, columns: list[Column]) -> _OpenFile:
         if key not in self._open:
-            hour = datetime.fromtimestamp(key[0] * 3600, UTC)
-            folder = self.root / f"dt={hour:%Y-%m-%d}" / f"hr={hour:%H}"
+            folder = _folder(self.root, key[0])
             folder.mkdir(parents=True, exist_ok=True)
             name = f"part-{int(first.at * 1000)}-v{first.model.version}-{uuid.uuid4().hex[:8]}.parquet"
-            writer = ParquetWriter(folder / f".{name}.tmp", [(c.name, c.kind) for c in columns])
-            self._open[key] = _OpenFile(writer, folder / name, first.model, time.time())
+            model = first.model
+            writer = ParquetWriter(folder / f".{name}{TMP}", [(c.name, c.kind) for c in columns],
+                                   {"model_name": model.name, "model_version": model.version,
+                                    "threshold": repr(model.threshold)}, journal=folder / f".{name}{JOURNAL}")
+            self._open[key] = _OpenFile(writer, folder / name, model, time.time())
         return self._open[key]
 
     def _close(self, key: tuple[int, int]) -> Path | None:
         f = self._open.pop(key)
         try:
-            f.writer.close({"model_name": f.model.name, "model_version": f.model.version,
-                            "threshold": repr(f.model.threshold)})
+            f.writer.close()
             f.writer.path.replace(f.final)
-        except OSError as exc:
+        except OSError as exc:  # the journal stays: a later scan completes what was written
             log.warning("prediction log: could not complete %s: %s", f.final, exc)
             return None
+        f.final.with_name(f".{f.final.name}{JOURNAL}").unlink(missing_ok=True)
         self._metrics.log_files += 1
         return f.final
+
+    def recover_orphans(self, hours: int | None = None) -> list[Path]:
+        """Complete the files that stopped processes left open (killed, out of memory): untouched for
+        `orphan_after` seconds (a live writer closes its files every flush_seconds), in the folders of
+        the last `hours` hours (None: all). Their rows up to the last row group written are kept, from
+        the file's journal. Several processes may scan the same folders: each file is taken by one."""
+        now = time.time()
+        hour = int(now // 3600)
+        folders = (sorted(self.root.glob("dt=*/hr=*")) if hours is None else
+                   [_folder(self.root, h) for h in range(hour - hours, hour + 1)])
+        done = []
+        for folder in folders:
+            for path in [*folder.glob(f".part-*{TMP}"), *folder.glob(f".part-*{CLAIMED}*")]:
+                try:
+                    if now - path.stat().st_mtime < self.orphan_after:
+                        continue
+                except OSError:  # gone meanwhile: closed by its writer, or taken by another process
+                    continue
+                completed = self._recover(path)
+                if completed is not None:
+                    done.append(completed)
+            for journal in folder.glob(f".part-*{JOURNAL}"):  # left when a writer died after its rename
+                base = journal.name[1:].removesuffix(JOURNAL)
+                if (journal.with_name(base).exists() and not journal.with_name(f".{base}{TMP}").exists()
+                        and not any(folder.glob(f".{base}{CLAIMED}*"))):
+                    journal.unlink(missing_ok=True)
+        return done
+
+    def _recover(self, orphan: Path) -> Path | None:
+        base = orphan.name[1:].split(".parquet", 1)[0] + ".parquet"
+        final, journal = orphan.with_name(base), orphan.with_name(f".{base}{JOURNAL}")
+        claimed = orphan.with_name(f".{base}{CLAIMED}-{os.getpid()}-{uuid.uuid4().hex[:6]}")
+        try:
+            orphan.rename(claimed)  # atomic: of several processes scanning, one takes it
+            os.utime(claimed)  # and it is fresh again: not taken from this one while it works
+        except OSError:
+            return None
+        try:
+            if is_complete(claimed):  # its writer closed it, then died before the rename
+                rows = -1
+            elif journal.exists():
+                rows = recover(claimed, journal)
+            else:  # written before files had journals: nothing to complete it from
+                claimed.rename(orphan.with_name(f".{base}.unrecoverable"))
+                log.warning("prediction log: %s was left open without a journal; renamed .unrecoverable", orphan)
+                return None
+            if rows == 0:
+                claimed.unlink()
+            else:
+                claimed.replace(final)
+            journal.unlink(missing_ok=True)
+        except (OSError, ValueError) as exc:
+            log.warning("prediction log: could not complete %s, left by a stopped process: %s", orphan, exc)
+            return None
+        if rows > 0:
+            self._metrics.log_recovered += rows
+        log.warning("prediction log: completed %s (%s) that a stopped process left open", final,
+                    "closed, not renamed" if rows < 0 else f"{rows} rows kept")
+        return final if rows != 0 else None
+
+
+def _folder(root: Path, hours_since_epoch: int) -> Path:
+    hour = datetime.fromtimestamp(hours_since_epoch * 3600, UTC)
+    return root / f"dt={hour:%Y-%m-%d}" / f"hr={hour:%H}"
 
 
 def _columns(group: list[_Entry]) -> Generator[None, None, list[Column]]:

@@ -6,12 +6,14 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import os
 import pickle
 import random
 import re
 import socket
 import struct
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from datetime import UTC, datetime
@@ -30,7 +32,7 @@ from serving.app import create_app
 from serving.listen import OwnListener, bind_reuseport
 from serving.metrics import FOLD_EVERY, Metrics
 from serving.model import InputError, OnnxModel
-from serving.parquet import Column, Constant, Pages, ParquetWriter, write_table
+from serving.parquet import Column, Constant, Pages, ParquetWriter, is_complete, recover, write_table
 from serving.predictor import INLINE_ROWS, Predictor
 from serving.predlog import PredictionLog
 from serving.registry import ModelCache, ModelRef
@@ -504,6 +506,53 @@ def test_prediction_log_writes_between_requests_on_the_event_loop(tmp_path, onnx
     assert mid_slice >= 10 and threads == before
     table = ds.dataset(tmp_path, format="parquet", partitioning="hive").to_table()
     assert table.num_rows == 2000 and metrics.log_rows == 2000 and metrics.log_files == 1
+
+
+def test_a_file_left_open_by_a_dead_writer_is_completed_from_its_journal(tmp_path):
+    schema = [("n", "int64"), ("s", "string"), ("f", "float32")]
+    path, journal = tmp_path / ".part.parquet.tmp", tmp_path / ".part.parquet.journal"
+    writer = ParquetWriter(path, schema, {"model_version": "7"}, journal=journal)
+    for start in (0, 100):
+        writer.write([Column("n", "int64", np.arange(start, start + 100)),
+                      Column("s", "string", [f"v{i}" for i in range(100)]),
+                      Column("f", "float32", np.full(100, 0.5, np.float32))])
+    # Killed while writing a third row group: some of its pages and half its journal entry made it.
+    writer._file.write(b"\x15" * 300)  # noqa: SLF001
+    writer._file.flush()  # noqa: SLF001
+    journal.write_bytes(journal.read_bytes() + b"\x99\x00\x00\x00partial")
+    assert not is_complete(path)
+    assert recover(path, journal) == 200
+    assert is_complete(path)
+    table = pq.read_table(path)
+    assert table.column("n").to_pylist() == list(range(200)) and pq.read_metadata(path).num_row_groups == 2
+    assert pq.read_metadata(path).metadata[b"model_version"] == b"7"
+
+
+def test_prediction_log_completes_files_that_a_stopped_process_left_open(tmp_path, onnx_bytes):
+    model = OnnxModel(onnx_bytes, "flights_delay", "7")
+    dead = PredictionLog(tmp_path, sample=1.0, flush_seconds=3600, metrics=Metrics())
+    predictor = Predictor(model, None, log_batch=dead.record_batch)
+    rows = predictor.protocol.records(json.dumps({"records": [RECORD] * 30}).encode())[0]
+
+    async def two_slices() -> None:  # written as row groups; never closed: the process is killed
+        for _ in range(2):
+            await predictor.predict(rows, (datetime.now(UTC).timestamp(), "r"))
+            for _ in dead._append():  # noqa: SLF001
+                pass
+
+    asyncio.run(two_slices())
+    [orphan] = tmp_path.glob("dt=*/hr=*/.part-*.parquet.tmp")
+    metrics = Metrics()
+    sibling = PredictionLog(tmp_path, sample=1.0, flush_seconds=1, metrics=metrics)
+    assert sibling.recover_orphans() == []  # written to just now: its writer may be alive
+    old = time.time() - sibling.orphan_after - 1
+    os.utime(orphan, (old, old))
+    [done] = sibling.recover_orphans()
+    assert done.name == orphan.name[1:].removesuffix(".tmp") and metrics.log_recovered == 60
+    assert sorted(p.name for p in done.parent.iterdir()) == [done.name]  # no journal or temporary file left
+    table = ds.dataset(tmp_path, format="parquet", partitioning="hive").to_table()
+    assert table.num_rows == 60 and set(table.column("request_id").to_pylist()) == {"r"}
+    assert sibling.recover_orphans() == []
 
 
 def test_prediction_log_samples_requests(tmp_path):

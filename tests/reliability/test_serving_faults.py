@@ -1,4 +1,4 @@
-"""Serving faults 7-9: the model server as a real process following a real MLflow server's `champion` alias.
+"""Serving faults 7-9 and 13: the model server as a real process following a real MLflow server's `champion` alias.
 
 Numbers refer to the fault list in README ("Reliability"). A checksum mismatch and a version that is not a
 model are in tests/test_serving_live.py::test_broken_versions_are_reported_and_the_old_one_keeps_serving.
@@ -7,8 +7,12 @@ model are in tests/test_serving_live.py::test_broken_versions_are_reported_and_t
 from __future__ import annotations
 
 import json
+import os
+import signal
 import time
 
+import psutil
+import pyarrow.dataset as ds
 import pytest
 from _tcp import TcpGate
 from serving_live import (
@@ -120,3 +124,31 @@ def test_9_twenty_hot_swaps_under_concurrent_load_fail_no_request(registry, tmp_
         assert versions == sorted(versions)
     assert {int(v) for _, v, _ in answers} == set(range(1, 22))
     print(f"{len(answers)} requests across 20 swaps, none failed")
+
+
+def test_13_killed_with_a_prediction_log_file_open_the_next_start_completes_it(registry, tmp_path):
+    name = "killed_model"
+    registry.publish(name, tiny_onnx(NUMERIC, CATEGORICAL))
+    logs = tmp_path / "predictions"
+    env = {"MODEL_NAME": name, "MLFLOW_SERVER_URL": registry.url, "SERVING_PREDICTION_LOG_DIR": str(logs),
+           "SERVING_PREDICTION_LOG_FLUSH_SECONDS": "3600"}  # the file stays open until the process is killed
+    with serving_process(tmp_path, **env) as base:
+        wait_until(lambda: version_of(base) == "1", 30, "version 1")
+        answers = [call(base, "POST", "/predict", {"records": [RECORD], "id": f"r{i}"})[0] for i in range(50)]
+        wait_until(lambda: metric(base, "serving_prediction_log_rows_total") == 50, 10, "50 rows written")
+        port = int(base.rsplit(":", 1)[1])
+        [pid] = {c.pid for c in psutil.net_connections("tcp") if c.laddr and c.laddr.port == port
+                 and c.status == psutil.CONN_LISTEN}
+        os.kill(pid, signal.SIGKILL)  # as the out-of-memory killer would: no shutdown, no footer written
+        psutil.Process(pid).wait(10)
+    [orphan] = logs.glob("dt=*/hr=*/.part-*.parquet.tmp")
+    assert not list(logs.glob("dt=*/hr=*/part-*.parquet"))  # nothing readable was left, nothing half-written
+    hours_ago = time.time() - 3 * 3600  # long enough untouched for any writer to be gone
+    for path in orphan.parent.iterdir():
+        os.utime(path, (hours_ago, hours_ago))
+    with serving_process(tmp_path, **env) as base:  # the next start completes it before it listens
+        recovered = metric(base, "serving_prediction_log_recovered_rows_total")
+    table = ds.dataset(logs, format="parquet", partitioning="hive").to_table()
+    assert answers == [200] * 50 and recovered == 50
+    assert sorted(table.column("request_id").to_pylist()) == sorted(f"r{i}" for i in range(50))
+    assert [p.name for p in orphan.parent.iterdir()] == [orphan.name[1:].removesuffix(".tmp")]  # no journal left
