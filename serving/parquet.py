@@ -307,8 +307,13 @@ class ParquetWriter:
         self._offset = 4
         self._journal = None
         if journal is not None:
-            self._journal = journal.open("wb", buffering=0)
-            self._journal.write(_record(json.dumps({"schema": schema, "metadata": metadata or {}}).encode()))
+            try:
+                self._journal = journal.open("wb", buffering=0)
+                self._journal.write(_record(json.dumps({"schema": schema, "metadata": metadata or {}}).encode()))
+            except OSError:
+                self._file.close()
+                path.unlink(missing_ok=True)
+                raise
 
     def write(self, columns: list[Column]) -> None:
         """One row group; `columns` match the schema and have the same length."""
