@@ -267,9 +267,13 @@ class Protocol:
         binary = bool((req.parameters or {}).get("binary_data_output", False))
         if not req.outputs:  # absent or empty: every output (some clients always send the field)
             return [(name, binary) for name in OUTPUTS]
+        seen: set[str] = set()
         for o in req.outputs:
             if o.name not in OUTPUTS:
                 raise InputError(f"outputs.{o.name}: not an output of this model (outputs: {', '.join(OUTPUTS)})")
+            if o.name in seen:
+                raise InputError(f"outputs.{o.name}: requested twice")
+            seen.add(o.name)
         return [(o.name, bool((o.parameters or {}).get("binary_data", binary))) for o in req.outputs]
 
     def _explain(self, exc: msgspec.ValidationError, expected: str) -> str:

@@ -222,6 +222,8 @@ def test_infer_refuses_bad_tensors_naming_the_field(client, inputs, field):
 def test_infer_refuses_unknown_outputs_and_broken_binary_framing(client):
     resp = client.post(INFER, json={"inputs": _tensors([RECORD]), "outputs": [{"name": "logits"}]})
     assert resp.status_code == 400 and "outputs.logits" in resp.json()["error"]
+    resp = client.post(INFER, json={"inputs": _tensors([RECORD]), "outputs": [{"name": "label"}, {"name": "label"}]})
+    assert resp.status_code == 400 and "outputs.label: requested twice" in resp.json()["error"]
     head = json.dumps({"inputs": [{**t, "data": None} for t in _tensors([RECORD])]})
     for length in ("12x", "99999"):
         resp = client.post(INFER, content=head.encode(), headers={"Inference-Header-Content-Length": length})
