@@ -232,7 +232,10 @@ class ServingApp:
         await asyncio.to_thread(self.follower.load_cached)
         if self.predlog is not None:
             # Complete the log files an earlier run left open (killed, out of memory) before serving.
-            await asyncio.to_thread(self.predlog.recover_orphans)
+            try:
+                await asyncio.to_thread(self.predlog.recover_orphans)
+            except Exception:  # noqa: BLE001 - serving must not depend on an old file's state
+                log.exception("prediction log: the scan for files left open failed")
             self.predlog.start()
         first_poll = asyncio.Event()
         self._poller = asyncio.create_task(self._follow(first_poll))

@@ -374,19 +374,25 @@ def recover(path: Path, journal: Path) -> int:
         pos += 4 + n
     if not records:
         raise ValueError(f"{journal}: no header record")
-    head = json.loads(records[0])
+    try:
+        head = json.loads(records[0])
+        schema = [(str(name), str(kind)) for name, kind in head["schema"]]
+    except (ValueError, KeyError, TypeError) as exc:
+        raise ValueError(f"{journal}: header record is not a schema ({exc})") from None
     size = path.stat().st_size
     groups, rows, end = [], 0, 4
     for record in records[1:]:
+        if len(record) < 16:
+            break
         offset, n = struct.unpack_from("<QQ", record)
-        if offset > size:
+        if not 4 <= offset <= size:
             break
         groups.append(record[16:])
         rows, end = rows + n, offset
     with path.open("r+b") as f:
         f.truncate(end)
         f.seek(end)
-        f.write(_footer([(name, kind) for name, kind in head["schema"]], groups, rows, head["metadata"]))
+        f.write(_footer(schema, groups, rows, head.get("metadata") or {}))
     return rows
 
 

@@ -20,6 +20,7 @@ doubled the 99th-percentile latency, for ~5 % of the work. On the loop it is pla
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import random
@@ -229,16 +230,20 @@ class PredictionLog:
                 rows = -1
             elif journal.exists():
                 rows = recover(claimed, journal)
-            else:  # written before files had journals: nothing to complete it from
-                claimed.rename(orphan.with_name(f".{base}.unrecoverable"))
-                log.warning("prediction log: %s was left open without a journal; renamed .unrecoverable", orphan)
-                return None
+            else:
+                raise ValueError("no journal (written before files had one?)")
             if rows == 0:
                 claimed.unlink()
             else:
                 claimed.replace(final)
             journal.unlink(missing_ok=True)
-        except (OSError, ValueError) as exc:
+        except ValueError as exc:  # nothing to complete it from: set aside, not retried on every scan
+            with contextlib.suppress(OSError):
+                claimed.rename(orphan.with_name(f".{base}.unrecoverable"))
+            log.warning("prediction log: cannot complete %s, left open by a stopped process: %s; renamed "
+                        ".unrecoverable", orphan, exc)
+            return None
+        except OSError as exc:  # tried again on a later scan
             log.warning("prediction log: could not complete %s, left by a stopped process: %s", orphan, exc)
             return None
         if rows > 0:

@@ -528,6 +528,9 @@ def test_a_file_left_open_by_a_dead_writer_is_completed_from_its_journal(tmp_pat
     table = pq.read_table(path)
     assert table.column("n").to_pylist() == list(range(200)) and pq.read_metadata(path).num_row_groups == 2
     assert pq.read_metadata(path).metadata[b"model_version"] == b"7"
+    journal.write_bytes(b"\x04\x00\x00\x00oops")  # a journal that is not one: refused, by name
+    with pytest.raises(ValueError, match="header record is not a schema"):
+        recover(path, journal)
 
 
 def test_prediction_log_completes_files_that_a_stopped_process_left_open(tmp_path, onnx_bytes):
@@ -555,6 +558,12 @@ def test_prediction_log_completes_files_that_a_stopped_process_left_open(tmp_pat
     table = ds.dataset(tmp_path, format="parquet", partitioning="hive").to_table()
     assert table.num_rows == 60 and set(table.column("request_id").to_pylist()) == {"r"}
     assert sibling.recover_orphans() == []
+    # A file whose journal is unreadable is set aside once, not retried on every scan.
+    orphan.write_bytes(b"PAR1 pages")
+    orphan.with_name(orphan.name.removesuffix(".tmp") + ".journal").write_bytes(b"not a journal")
+    os.utime(orphan, (old, old))
+    assert sibling.recover_orphans() == [] and not orphan.exists()
+    assert [p.name for p in orphan.parent.glob(".*")] == [orphan.name.removesuffix(".tmp") + ".unrecoverable"]
 
 
 def test_prediction_log_samples_requests(tmp_path):
