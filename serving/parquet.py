@@ -354,8 +354,8 @@ class ParquetWriter:
             self._file.flush()  # the pages reach the OS before the entry that points past them
             self._journal.write(_record(struct.pack("<QQ", self._offset, rows) + group))
 
-    def close(self, metadata: dict[str, str] | None = None) -> None:
-        self._file.write(_footer(self.schema, self._groups, self.rows, metadata or self.metadata))
+    def close(self) -> None:
+        self._file.write(_footer(self.schema, self._groups, self.rows, self.metadata))
         self._file.close()
         if self._journal is not None:
             self._journal.close()
@@ -425,8 +425,8 @@ def _footer(schema: list[tuple[str, str]], groups: list[bytes], rows: int, metad
 
 def write_table(path: Path, columns: list[Column], metadata: dict[str, str] | None = None) -> None:
     """Write `columns` (all the same length) to `path` as one row group."""
-    writer = ParquetWriter(path, [(c.name, c.kind) for c in columns])
+    writer = ParquetWriter(path, [(c.name, c.kind) for c in columns], metadata)
     try:
         writer.write(columns)
     finally:
-        writer.close(metadata)
+        writer.close()

@@ -72,7 +72,7 @@ class _Entry:
 class _OpenFile:
     writer: ParquetWriter
     final: Path
-    model: OnnxModel
+    model: OnnxModel  # held while the file is open: its id() is part of the file's key, never reused meanwhile
     opened: float
 
 
@@ -226,12 +226,11 @@ class PredictionLog:
         except OSError:
             return None
         try:
-            if is_complete(claimed):  # its writer closed it, then died before the rename
-                rows = -1
-            elif journal.exists():
+            rows: int | None = None  # None: complete already (its writer closed it, then died before the rename)
+            if not is_complete(claimed):
+                if not journal.exists():
+                    raise ValueError("no journal (written before files had one?)")
                 rows = recover(claimed, journal)
-            else:
-                raise ValueError("no journal (written before files had one?)")
             if rows == 0:
                 claimed.unlink()
             else:
@@ -246,11 +245,11 @@ class PredictionLog:
         except OSError as exc:  # tried again on a later scan
             log.warning("prediction log: could not complete %s, left by a stopped process: %s", orphan, exc)
             return None
-        if rows > 0:
+        if rows:
             self._metrics.log_recovered += rows
         log.warning("prediction log: completed %s (%s) that a stopped process left open", final,
-                    "closed, not renamed" if rows < 0 else f"{rows} rows kept")
-        return final if rows != 0 else None
+                    "closed, not renamed" if rows is None else f"{rows} rows kept")
+        return None if rows == 0 else final
 
 
 def _folder(root: Path, hours_since_epoch: int) -> Path:

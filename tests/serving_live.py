@@ -15,8 +15,10 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import onnx
+import psutil
 from live_airflow import free_port
 from onnx import TensorProto, helper
 
@@ -169,6 +171,13 @@ def _health(url: str) -> bool:
         return call(url, "GET", "/health")[0] == 200
     except OSError:
         return False
+
+
+def listeners(base: str) -> list[int]:
+    """The pids of the processes listening on the server's port (one socket each)."""
+    port = urlsplit(base).port
+    return [c.pid for c in psutil.net_connections("tcp") if c.laddr and c.laddr.port == port
+            and c.status == psutil.CONN_LISTEN]
 
 
 def version_of(base: str) -> str | None:

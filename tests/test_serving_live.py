@@ -26,6 +26,7 @@ from serving_live import (
     Registry,
     call,
     free_port,
+    listeners,
     metric,
     serving_process,
     tiny_onnx,
@@ -89,7 +90,7 @@ def test_two_worker_processes_follow_the_registry_log_and_answer_one_set_of_metr
                          SERVING_CACHE_DIR=str(not_a_folder / "cache")) as base:
         wait_until(lambda: metric(base, "serving_processes") == 2, 30, "both processes in the metrics")
         wait_until(lambda: all(_version_of(base) == "1" for _ in range(8)), 30, "every process serving v1")
-        wait_until(lambda: len(_listeners(base)) == 2, 30, "both processes listening")
+        wait_until(lambda: len(listeners(base)) == 2, 30, "both processes listening")
         spread = _keep_alive_connections_per_process(base, 32)
         first = [call(base, "POST", "/predict", {"records": [RECORD]}) for _ in range(40)]  # a connection each
         # Whichever process a scrape reaches adds up both (each shares its counters every second).
@@ -103,11 +104,12 @@ def test_two_worker_processes_follow_the_registry_log_and_answer_one_set_of_metr
         # One process polls the registry for both; the other follows what it hands over (not the disk
         # cache, which is unusable here).
         assert [metric(base, "serving_registry_pollers") for _ in range(6)] == [1] * 6
-        # Completed log files hold every row before a process is killed (an open file dies with it).
+        # Completed log files hold every row before a process is killed (its open file would only be
+        # completed later, by a sibling's scan).
         wait_until(lambda: _logged_rows(logs) == 60, 10, "60 rows in completed log files")
-        polling = next(p for p in _listeners(base) if _holds_registry_lock(p))
+        polling = next(p for p in listeners(base) if _holds_registry_lock(p))
         os.kill(polling, signal.SIGKILL)  # the supervisor starts a new process; the other one takes over
-        wait_until(lambda: len(_listeners(base)) == 2 and polling not in _listeners(base), 30, "a new process")
+        wait_until(lambda: len(listeners(base)) == 2 and polling not in listeners(base), 30, "a new process")
         registry.publish(name, tiny_onnx(NUMERIC, CATEGORICAL, 0.003))
         wait_until(lambda: all(_version_of(base) == "3" for _ in range(8)), 30, "every process serving v3")
         wait_until(lambda: metric(base, "serving_registry_pollers") == 1, 5, "one poller after the takeover")
@@ -129,13 +131,6 @@ def _logged_rows(logs: Path) -> int:
 def _holds_registry_lock(pid: int) -> bool:
     """Whether process `pid` holds the lock of the server's registry poller (an open registry.lock)."""
     return any(f.path.endswith("/registry.lock") for f in psutil.Process(pid).open_files())
-
-
-def _listeners(base: str) -> list[int]:
-    """The pids of the processes listening on the server's port (one socket each)."""
-    port = urlsplit(base).port
-    return [c.pid for c in psutil.net_connections("tcp") if c.laddr and c.laddr.port == port
-            and c.status == psutil.CONN_LISTEN]
 
 
 def _keep_alive_connections_per_process(base: str, n: int) -> list[int]:

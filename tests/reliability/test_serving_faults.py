@@ -22,6 +22,7 @@ from serving_live import (
     Load,
     Registry,
     call,
+    listeners,
     metric,
     serving_process,
     tiny_onnx,
@@ -136,9 +137,7 @@ def test_13_killed_with_a_prediction_log_file_open_the_next_start_completes_it(r
         wait_until(lambda: version_of(base) == "1", 30, "version 1")
         answers = [call(base, "POST", "/predict", {"records": [RECORD], "id": f"r{i}"})[0] for i in range(50)]
         wait_until(lambda: metric(base, "serving_prediction_log_rows_total") == 50, 10, "50 rows written")
-        port = int(base.rsplit(":", 1)[1])
-        [pid] = {c.pid for c in psutil.net_connections("tcp") if c.laddr and c.laddr.port == port
-                 and c.status == psutil.CONN_LISTEN}
+        [pid] = listeners(base)
         os.kill(pid, signal.SIGKILL)  # as the out-of-memory killer would: no shutdown, no footer written
         psutil.Process(pid).wait(10)
     [orphan] = logs.glob("dt=*/hr=*/.part-*.parquet.tmp")
