@@ -14,13 +14,13 @@ from uvicorn.supervisors import Multiprocess
 from serving.listen import OwnListener, check_port
 from serving.metrics import SHARE_VAR
 from serving.settings import APP_VAR, FACTORY_VAR, Settings
-from serving.upgrade import IgnoreUpgradeProtocol
+from serving.writes import HttpProtocol
 
 
 def server_options(settings: Settings) -> dict[str, Any]:
     """uvicorn's settings; bench/serve.py runs its hello-world ceiling with the same ones."""
     return {"host": settings.host, "port": settings.port, "log_level": "info", "access_log": settings.access_log,
-            "loop": "auto", "http": IgnoreUpgradeProtocol, "lifespan": "on", "timeout_graceful_shutdown": 30,
+            "loop": "auto", "http": HttpProtocol, "lifespan": "on", "timeout_graceful_shutdown": 30,
             "workers": settings.workers}
 
 
