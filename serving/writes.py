@@ -6,8 +6,9 @@ leave one by one over the ~0.1 ms their tasks take. When the server is the bottl
 sleeps between those writes, and each wakeup preempts a server process on a shared machine. Here the
 writes of a turn wait in a list per connection and go out at the start of the next turn (a few µs
 later): one write per response, and a batch's responses together.
-Measured with 2 processes and wrk on 2 cores, 1-row requests: 32.4-32.7 k -> 41.9-46.9 k req/s
-(server CPU 42.5 -> 33-36 µs, wrk's 14 -> 9 µs per request); the hello world 54-62 k -> 78-81 k.
+Measured with 2 processes and wrk on 2 cores, 1-row requests, two interleaved pairs: 32.4-34.5 k ->
+44.6-46.8 k req/s (server CPU 40-42 -> 32-34 µs and wrk's 14-15 -> 9-10 µs per request); the
+bench's hello world, which runs this protocol too, 54-60 k -> 73-75 k.
 """
 
 from __future__ import annotations
