@@ -65,6 +65,10 @@ class JoinedWrites:
         else:
             self._chunks.append(data)
 
+    def writelines(self, chunks: list[bytes]) -> None:
+        for data in chunks:
+            self.write(data)
+
     def flush(self) -> None:
         chunks, self._chunks = self._chunks, None
         if chunks and not self.transport.is_closing():  # a client gone meanwhile takes nothing
@@ -73,6 +77,10 @@ class JoinedWrites:
     def close(self) -> None:
         self.flush()  # a response followed by `Connection: close` still leaves first
         self.transport.close()
+
+    def write_eof(self) -> None:
+        self.flush()  # the end of the stream comes after what waits
+        self.transport.write_eof()
 
     def is_closing(self) -> bool:
         return self.transport.is_closing()
@@ -86,7 +94,7 @@ class JoinedWrites:
     def get_extra_info(self, name: str, default: Any = None) -> Any:
         return self.transport.get_extra_info(name, default)
 
-    def __getattr__(self, name: str) -> Any:
+    def __getattr__(self, name: str) -> Any:  # the rest; nothing else writes
         return getattr(self.transport, name)
 
 

@@ -74,9 +74,13 @@ def test_the_writes_of_a_turn_leave_in_one_write_per_connection_in_order(loop_na
         assert (t1.writes, t2.writes) == (1, 1)
         assert await _received(p1, 40) == b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok"
         assert await _received(p2, 17) == b"second connection"
-        one.write(b"next turn")  # a later turn starts a new write
+        one.write(b"next ")  # a later turn starts a new write
+        one.writelines([b"tu", b"rn"])
         await asyncio.sleep(0)
         assert t1.writes == 2 and await _received(p1, 9) == b"next turn"
+        one.write(b"the end")
+        one.write_eof()  # after what waits
+        assert await _received(p1, 1 << 10) == b"the end"
         for t, p in ((t1, p1), (t2, p2)):
             t.close()
             p.close()
