@@ -400,11 +400,11 @@ def is_complete(path: Path) -> bool:
     """Whether `path` ends with a Parquet footer (its writer closed it)."""
     try:
         with path.open("rb") as f:
-            f.seek(-8, 2)
+            footer_end = f.seek(-8, 2)  # the file's size less 8
             tail = f.read(8)
     except OSError:  # shorter than 8 bytes
         return False
-    return tail[4:] == b"PAR1" and 0 < struct.unpack("<I", tail[:4])[0] < path.stat().st_size
+    return tail[4:] == b"PAR1" and 0 < struct.unpack("<I", tail[:4])[0] <= footer_end
 
 
 def _record(payload: bytes) -> bytes:

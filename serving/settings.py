@@ -69,9 +69,10 @@ def _get(env: Mapping[str, str], name: str, default: str, parse: Callable[[str],
     raw = env.get(name, default)
     try:
         value = parse(raw)
-    except ValueError:
-        raise ValueError(f"{name}={raw!r}: expected {expected}") from None
-    if not valid(value):
+        ok = valid(value)
+    except ValueError:  # not even of the right type
+        ok = False
+    if not ok:
         raise ValueError(f"{name}={raw!r}: expected {expected}")
     return value
 
