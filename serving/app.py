@@ -184,9 +184,9 @@ class ServingApp:
             if found is None:
                 raise NotFound(f"no route {path}")
             route, params = found
-            if scope["method"] not in route.methods:
-                raise MethodNotAllowed(f"{scope['method']} {path}: use {', '.join(route.methods)}",
-                                       [(b"allow", ", ".join(route.methods).encode())])
+            if not route.allows(scope["method"]):
+                raise MethodNotAllowed(f"{scope['method']} {path}: use {route.allowed}",
+                                       [(b"allow", route.allowed.encode())])
             body = await read_body(receive, headers, self.settings.max_body_bytes) if route.reads_body else b""
             reply = await route.handler(Request(scope["method"], path, params, headers, body))
         except InputError as exc:

@@ -95,6 +95,15 @@ class Route:
     public: bool = False  # answered without the bearer token (liveness only)
     reads_body: bool = False
 
+    def allows(self, method: str) -> bool:
+        """Whether `method` is answered here: HEAD wherever GET is (the server sends the headers only)."""
+        return method in self.methods or (method == "HEAD" and "GET" in self.methods)
+
+    @property
+    def allowed(self) -> str:
+        """The Allow header's value."""
+        return ", ".join((*self.methods, "HEAD") if "GET" in self.methods else self.methods)
+
 
 class Router:
     """Exact paths by dict lookup; templated ones by regex, in list order."""

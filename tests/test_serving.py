@@ -268,6 +268,11 @@ def test_metadata_health_and_versions_forms(client):
     assert resp.status_code == 404 and "version 8" in resp.json()["error"]
     resp = client.get("/predict")
     assert resp.status_code == 405 and resp.headers["allow"] == "POST"
+    resp = client.post("/v2/health/ready")
+    assert resp.status_code == 405 and resp.headers["allow"] == "GET, HEAD"
+    resp = client.head("/v2/models/flights_delay/ready")  # load balancers' health checks may use HEAD
+    assert resp.status_code == 200 and resp.headers["x-model-version"] == "7" and resp.content == b""
+    assert client.head("/v2/models/other").status_code == 404
     assert all(r.headers["x-model-version"] == "7" for r in (resp, client.get("/v2")))
 
 

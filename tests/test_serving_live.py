@@ -226,6 +226,7 @@ def test_every_endpoint_over_http_with_auth_off_and_on(tmp_path, token):
             if token:
                 assert call(base, method, path, body)[0] == 401, path
         assert call(base, "GET", "/v2/health/live")[0] == 200  # liveness never needs the token
+        assert _head_then_get(base, auth) == (200, 200, b'{"live":true}')
         infer = json.loads(call(base, "POST", "/v2/models/flights_delay/infer", {"inputs": tensors}, auth)[2])
         plain = json.loads(call(base, "POST", "/predict", {"records": [RECORD]}, auth)[2])
         assert infer["outputs"][0]["data"][0] == pytest.approx(plain["predictions"][0]["probability"])
@@ -242,6 +243,23 @@ def test_every_endpoint_over_http_with_auth_off_and_on(tmp_path, token):
         text = call(base, "GET", "/metrics", headers=auth)[2].decode()
         assert 'serving_requests_total{route="/predict",status="400"} 5' in text
         assert 'serving_requests_total{route="/predict",status="413"} 2' in text
+
+
+def _head_then_get(base: str, auth: dict[str, str]) -> tuple[int, int, bytes]:
+    """HEAD /v2/health/ready (headers only: its Content-Length, no body), then GET /v2/health/live on the same
+    connection: a body sent after the HEAD answer would be read as the second answer."""
+    host, port = base.removeprefix("http://").split(":")
+    conn = http.client.HTTPConnection(host, int(port), timeout=10)
+    try:
+        conn.request("HEAD", "/v2/health/ready", headers=auth)
+        head = conn.getresponse()
+        assert head.read() == b"" and int(head.getheader("content-length")) > 0
+        assert head.getheader("x-model-version") == "3"
+        conn.request("GET", "/v2/health/live")
+        live = conn.getresponse()
+        return head.status, live.status, live.read()
+    finally:
+        conn.close()
 
 
 def _chunked_status(base: str, auth: dict[str, str], body: bytes) -> int:
