@@ -20,6 +20,7 @@ from typing import Any
 from serving.follower import Follower
 from serving.http import (
     ClientGone,
+    Headers,
     HTTPError,
     MethodNotAllowed,
     NotFound,
@@ -34,9 +35,10 @@ from serving.http import (
     Unauthorized,
     UnsupportedMediaType,
     encode,
+    header,
     json_reply,
     read_body,
-    send_reply,
+    whole_body,
 )
 from serving.metrics import CONTENT_TYPE, SHARE_VAR, Metrics
 from serving.model import InputError, OnnxModel
@@ -100,11 +102,11 @@ class ServingApp:
 
     async def infer(self, req: Request) -> Reply:
         p = self._serving(req.params)
-        encoding = req.headers.get(b"content-encoding", b"identity")
-        if encoding != b"identity":
+        encoding = req.header(b"content-encoding")
+        if encoding is not None and encoding != b"identity":
             raise UnsupportedMediaType(f"Content-Encoding {encoding.decode(errors='replace')} is not supported; "
                                        "send the body uncompressed")
-        header_length = req.headers.get(b"inference-header-content-length")
+        header_length = req.header(b"inference-header-content-length")
         if header_length is not None and not header_length.isdigit():
             raise InputError("Inference-Header-Content-Length: not a number")
         request = p.protocol.infer(req.body, int(header_length) if header_length is not None else None)
@@ -177,8 +179,8 @@ class ServingApp:
         path = scope["path"]
         found = self.router.match(path)
         label = found[0].path if found else "unmatched"
+        headers = scope["headers"]
         try:
-            headers = dict(scope["headers"])
             if self._token is not None and not (found and found[0].public):
                 self._authorize(headers)
             if found is None:
@@ -187,7 +189,12 @@ class ServingApp:
             if not route.allows(scope["method"]):
                 raise MethodNotAllowed(f"{scope['method']} {path}: use {route.allowed}",
                                        [(b"allow", route.allowed.encode())])
-            body = await read_body(receive, headers, self.settings.max_body_bytes) if route.reads_body else b""
+            body = b""
+            if route.reads_body:  # the body's first message usually holds all of it: no read_body coroutine
+                first = await receive()
+                whole = whole_body(first, self.settings.max_body_bytes)
+                body = await read_body(receive, headers, self.settings.max_body_bytes, first) if whole is None \
+                    else whole
             reply = await route.handler(Request(scope["method"], path, params, headers, body))
         except InputError as exc:
             reply = json_reply({"error": str(exc)}, 400)
@@ -203,11 +210,13 @@ class ServingApp:
         version = reply.model_version
         if version is None and self.follower.predictor is not None:
             version = self.follower.predictor.model.version
-        await send_reply(send, reply, version)
+        start_message, body_message = reply.messages(version)
+        await send(start_message)
+        await send(body_message)
         self.metrics.observe(label, reply.status, time.perf_counter() - start)
 
-    def _authorize(self, headers: dict[bytes, bytes]) -> None:
-        given = headers.get(b"authorization", b"")
+    def _authorize(self, headers: Headers) -> None:
+        given = header(headers, b"authorization") or b""
         if not (self._token and hmac.compare_digest(given, self._token)):
             raise Unauthorized("missing or wrong bearer token (Authorization: Bearer <token>)",
                                [(b"www-authenticate", b'Bearer realm="serving"')])

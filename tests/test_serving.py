@@ -27,6 +27,7 @@ import torch
 from starlette.testclient import TestClient
 
 from serving import binary
+from serving.http import header, whole_body
 from serving.__main__ import run as serve
 from serving.app import create_app
 from serving.listen import OwnListener, bind_reuseport
@@ -292,6 +293,16 @@ def test_oversized_body_is_413_and_the_limit_is_configurable(cache):
         big = c.post("/predict", json={"records": [RECORD] * 100})
     assert small.status_code == 200
     assert big.status_code == 413 and "SERVING_MAX_BODY_BYTES" in big.json()["error"]
+
+
+def test_headers_are_looked_up_in_the_servers_list_and_a_complete_first_message_is_the_body():
+    headers = [(b"content-type", b"application/json"), (b"x-a", b"1"), (b"x-a", b"2")]
+    assert header(headers, b"x-a") == b"2" and header(headers, b"content-length") is None  # last one, as a dict
+    assert whole_body({"type": "http.request", "body": b"abc", "more_body": False}, 3) == b"abc"
+    for message in ({"type": "http.request", "body": b"abc", "more_body": True},  # more to come: read_body's
+                    {"type": "http.request", "body": b"abcd"},  # over the limit: read_body says why
+                    {"type": "http.disconnect"}):
+        assert whole_body(message, 3) is None
 
 
 def test_bearer_token_guards_everything_but_liveness(cache):
