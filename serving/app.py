@@ -191,10 +191,9 @@ class ServingApp:
                                        [(b"allow", route.allowed.encode())])
             body = b""
             if route.reads_body:  # the body's first message usually holds all of it: no read_body coroutine
-                first = await receive()
-                whole = whole_body(first, self.settings.max_body_bytes)
-                body = await read_body(receive, headers, self.settings.max_body_bytes, first) if whole is None \
-                    else whole
+                first, limit = await receive(), self.settings.max_body_bytes
+                whole = whole_body(first, limit)
+                body = whole if whole is not None else await read_body(receive, headers, limit, first)
             reply = await route.handler(Request(scope["method"], path, params, headers, body))
         except InputError as exc:
             reply = json_reply({"error": str(exc)}, 400)

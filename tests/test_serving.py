@@ -27,9 +27,9 @@ import torch
 from starlette.testclient import TestClient
 
 from serving import binary
-from serving.http import header, whole_body
 from serving.__main__ import run as serve
 from serving.app import create_app
+from serving.http import header, whole_body
 from serving.listen import OwnListener, bind_reuseport
 from serving.metrics import FOLD_EVERY, Metrics
 from serving.model import InputError, OnnxModel
