@@ -149,7 +149,7 @@ class ServingApp:
 
     def _predictor(self, model: OnnxModel) -> Predictor:
         return Predictor(model, self.runtime, self.settings.max_batch_rows, self.metrics.batch,
-                         self.predlog.record_batch if self.predlog else None)
+                         self.predlog)
 
     def _serving(self, params: dict[str, str] | None = None) -> Predictor:
         """The current predictor, checked against the model name and version in the path."""

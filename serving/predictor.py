@@ -10,11 +10,13 @@ requests are retried one by one and only the culprit fails.
 from __future__ import annotations
 
 import asyncio
+import typing
 from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Executor
 from dataclasses import dataclass
 from itertools import chain
+from typing import Any
 
 import numpy as np
 
@@ -37,22 +39,45 @@ class _Job:
 
 LogTag = tuple[float, str | None]
 _Ran = tuple[dict[str, np.ndarray] | None, np.ndarray, list[np.ndarray | Exception]]
-# (model, the call's feeds, its probabilities, per request: (rows, its log tag or None), the rows to log),
-# on the event loop thread
-BatchLogger = Callable[[OnnxModel, dict[str, np.ndarray], np.ndarray, list[tuple[int, LogTag | None]], int], None]
+
+
+@dataclass(slots=True)
+class Slot:
+    """Where a small call's feeds are assembled in place: views of the prediction log's preallocated
+    columns, so logging the call copies nothing and holds no arrays of its own."""
+
+    numeric: np.ndarray  # (numeric features, rows) float32, in the model's feature order
+    strings: np.ndarray  # (categorical features, rows) object
+    block: Any  # the log's, handed back with the call's outputs
+    start: int
+
+
+class CallLog(typing.Protocol):
+    """The prediction log as the batcher sees it, on the event loop thread."""
+
+    def reserve(self, model: OnnxModel, rows: int, at: float) -> Slot | None:
+        """Room for a call's `rows` in the log's columns (the first logged request came at `at`), or
+        None: the caller assembles its own arrays and hands them over in `commit`."""
+
+    def release(self, slot: Slot) -> None:
+        """The call failed: its reserved rows are not logged."""
+
+    def commit(self, model: OnnxModel, slot: Slot | None, feeds: dict[str, np.ndarray], probs: np.ndarray,
+               spans: list[tuple[int, LogTag | None]], rows: int) -> None:
+        """A call ran: its `rows` sampled rows go to the log (per request: (rows, its log tag or None))."""
 
 
 class Predictor:
     """Owns a model: decode requests for it, predict them in merged runtime calls."""
 
     def __init__(self, model: OnnxModel, executor: Executor | None = None, max_batch_rows: int = 4096,
-                 on_batch: Callable[[int, int], None] | None = None, log_batch: BatchLogger | None = None) -> None:
+                 on_batch: Callable[[int, int], None] | None = None, log: CallLog | None = None) -> None:
         self.model = model
         self.protocol = Protocol(model)
         self._executor = executor  # None: run on the event loop thread
         self._max_rows = max_batch_rows
         self._on_batch = on_batch or (lambda rows, requests: None)
-        self._log_batch = log_batch
+        self._log = log
         self._queue: deque[_Job] = deque()
         self._drainer: asyncio.Task[None] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -84,18 +109,19 @@ class Predictor:
             await asyncio.sleep(0)
             while self._queue:
                 jobs, rows = self._take()
+                slot = self._reserve(jobs, rows)
                 if self._executor is None or rows <= INLINE_ROWS:
-                    feeds, probs, results = self._run(jobs)
+                    feeds, probs, results = self._run(jobs, slot)
                 else:
-                    feeds, probs, results = await loop.run_in_executor(self._executor, self._run, jobs)
+                    feeds, probs, results = await loop.run_in_executor(self._executor, self._run, jobs, None)
                 if feeds is None:  # requests ran one by one: count the rows of those that did not fail
                     rows = sum([len(r) for r in results if not isinstance(r, Exception)])
                 self._on_batch(rows, len(jobs))
-                if self._log_batch is not None and feeds is not None:
+                if self._log is not None and feeds is not None:
                     spans = [(j.rows.count, j.log) for j in jobs]
                     logged = sum([n for n, tag in spans if tag])
                     if logged:
-                        self._log_batch(self.model, feeds, probs, spans, logged)
+                        self._log.commit(self.model, slot, feeds, probs, spans, logged)
                 for job, result in zip(jobs, results, strict=True):
                     if job.future.done():  # the caller went away
                         continue
@@ -121,14 +147,23 @@ class Predictor:
             rows += job.rows.count
         return jobs, rows
 
-    def _run(self, jobs: list[_Job]) -> _Ran:
+    def _reserve(self, jobs: list[_Job], rows: int) -> Slot | None:
+        """The log's room for this call's rows when any of its requests is logged (assembled in place)."""
+        if self._log is None or rows > INLINE_ROWS:
+            return None
+        at = next((j.log[0] for j in jobs if j.log), None)
+        return None if at is None else self._log.reserve(self.model, rows, at)
+
+    def _run(self, jobs: list[_Job], slot: Slot | None) -> _Ran:
         """(feeds, probabilities, per request its slice or error); feeds None when requests ran one by one."""
         try:
-            feeds = assemble(self.model.features, [j.rows for j in jobs])
+            feeds = assemble(self.model.features, [j.rows for j in jobs], slot)
             probs = self.model.predict_columns(feeds)
         except Exception as exc:  # noqa: BLE001 - isolate the request that broke the call
+            if slot is not None and self._log is not None:
+                self._log.release(slot)
             alone: list[np.ndarray | Exception] = [exc] if len(jobs) == 1 else [
-                r for j in jobs for r in self._run([j])[2]]
+                r for j in jobs for r in self._run([j], None)[2]]
             return None, np.empty(0, np.float32), alone
         out: list[np.ndarray | Exception] = []
         start = 0
@@ -138,19 +173,34 @@ class Predictor:
         return feeds, probs, out
 
 
-def assemble(features: list[Feature], parts: list[Rows]) -> dict[str, np.ndarray]:
-    """The runtime's feeds for several requests' rows: float32 numerics (missing = NaN), string categoricals."""
+def assemble(features: list[Feature], parts: list[Rows], slot: Slot | None = None) -> dict[str, np.ndarray]:
+    """The runtime's feeds for several requests' rows: float32 numerics (missing = NaN), string categoricals;
+    with a `slot`, assembled in its arrays (the feeds are views of them)."""
+    numeric = [i for i, f in enumerate(features) if f.kind == "numeric"]
+    categorical = [i for i, f in enumerate(features) if f.kind != "numeric"]
     records = [p.records for p in parts]
     if None not in records:  # JSON records: transpose all rows at once
         columns: list[Values] = list(zip(*chain.from_iterable(records), strict=True))  # type: ignore[arg-type]
-        numeric = [i for i, f in enumerate(features) if f.kind == "numeric"]
-        matrix = np.array([columns[i] for i in numeric], dtype=np.float32)  # (n_numeric, N); one conversion
+        if slot is None:
+            matrix = np.array([columns[i] for i in numeric], dtype=np.float32)  # (n_numeric, N); one conversion
+        else:
+            matrix = slot.numeric
+            matrix[...] = [columns[i] for i in numeric]
         feeds = {features[i].name: row for i, row in zip(numeric, matrix, strict=True)}
-        feeds.update({f.name: _strings([columns[i]]) for i, f in enumerate(features) if f.kind != "numeric"})
+        for k, i in enumerate(categorical):
+            feeds[features[i].name] = _strings([columns[i]], None if slot is None else slot.strings[k])
         return feeds
     per_part = [p.feature_columns() for p in parts]
-    return {f.name: _floats([c[i] for c in per_part]) if f.kind == "numeric" else _strings([c[i] for c in per_part])
-            for i, f in enumerate(features)}
+    if slot is None:
+        return {f.name: _floats([c[i] for c in per_part]) if f.kind == "numeric" else _strings([c[i] for c in per_part])
+                for i, f in enumerate(features)}
+    feeds = {}
+    for k, i in enumerate(numeric):
+        slot.numeric[k] = _floats([c[i] for c in per_part])
+        feeds[features[i].name] = slot.numeric[k]
+    for k, i in enumerate(categorical):
+        feeds[features[i].name] = _strings([c[i] for c in per_part], slot.strings[k])
+    return {f.name: feeds[f.name] for f in features}
 
 
 def _floats(parts: list[Values]) -> np.ndarray:
@@ -161,16 +211,19 @@ def _floats(parts: list[Values]) -> np.ndarray:
     return np.concatenate([np.asarray(c, dtype=np.float32) for c in parts])
 
 
-def _strings(parts: list[Values]) -> np.ndarray:
-    arrays = []
+def _strings(parts: list[Values], out: np.ndarray | None = None) -> np.ndarray:
+    """One categorical feature's values as one array (missing = ""), or written into `out`."""
+    arrays: list[Values] = []
     for values in parts:
-        if isinstance(values, np.ndarray):  # binary BYTES: already strings, never missing
-            arrays.append(values)
-            continue
-        if None in values:  # missing: the "unknown" category
+        if not isinstance(values, np.ndarray) and None in values:  # missing: the "unknown" category
             values = ["" if v is None else v for v in values]
-        arrays.append(np.array(values, dtype=object))
-    return arrays[0] if len(arrays) == 1 else np.concatenate(arrays)
+        arrays.append(values)  # binary BYTES arrive as arrays of strings, never missing
+    if out is not None:  # a slot's row: numpy converts each piece as it copies it in
+        out[...] = arrays[0] if len(arrays) == 1 else list(chain.from_iterable(arrays))
+        return out
+    if len(arrays) == 1:
+        return arrays[0] if isinstance(arrays[0], np.ndarray) else np.array(arrays[0], dtype=object)
+    return np.concatenate([np.asarray(a, dtype=object) if not isinstance(a, np.ndarray) else a for a in arrays])
 
 
 def _example_rows(features: list[Feature], n: int) -> Rows:

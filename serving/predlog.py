@@ -1,10 +1,12 @@
 """The prediction log: sampled requests' inputs, outputs, model version and time, as hourly Parquet files.
 
-The request path only draws the sample; after each runtime call, the call's input arrays and
-probabilities are queued by reference (no per-row work then). A writer task on the same event loop
-drains the queue every tenth of a second into a row group of the hour's open file, a page of one
-column (at most PAGE_ROWS rows) per step, with requests served between them, and closes the file every
-`flush_seconds`, at the turn of the hour and at shutdown:
+The request path only draws the sample. A small runtime call's inputs are assembled in place in a
+block of the log's preallocated columns (BLOCK_ROWS rows; its feeds are views of them), and its
+probabilities and request times are copied next to them: nothing is held per call, and a block's
+memory is reused once written. A large call's arrays are held as they are. A writer task on the same
+event loop takes the blocks every tenth of a second and writes them as a row group of the hour's open
+file, a page of one column (a block's slice, no copy) per step, with requests served between them, and
+closes the file every `flush_seconds`, at the turn of the hour and at shutdown:
 `<root>/dt=YYYY-MM-DD/hr=HH/part-*.parquet` (UTC, Hive-style partitions). Open files have a dot name
 and are renamed when complete, so readers never see half a file. The production monitoring DAG reads
 the directory as one dataset. Beside each open file, a journal records every row group written: when
@@ -27,10 +29,9 @@ import random
 import time
 import uuid
 from collections import deque
-from collections.abc import Generator, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from itertools import chain, pairwise
 from pathlib import Path
 from typing import Any
 
@@ -39,33 +40,69 @@ import numpy as np
 from serving.metrics import Metrics
 from serving.model import OnnxModel
 from serving.parquet import Column, Constant, Pages, ParquetWriter, is_complete, recover
-from serving.predictor import LogTag
+from serving.predictor import LogTag, Slot
 
 log = logging.getLogger("serving.predlog")
 # Columns of every file besides the features; a feature with one of these names is stored as feature_<name>.
 RESERVED = ("ts", "model_name", "model_version", "request_id", "probability", "label", "dt", "hr")
 SLICE_SECONDS = 0.1  # a slice's row group stays small (~1-2 k rows of 1-row requests under load)
-# Rows per data page: small runtime calls are joined into pages of up to this many rows (a writer step's
-# work; the largest array it joins is ~25 KB), a larger call's arrays are a page as they are (no copy).
-PAGE_ROWS = 2048
+# Rows per block: calls of up to SMALL_CALL rows share a block, which is one data page per column (a
+# writer step's work); a larger call's arrays are a page as they are (no copy). Blocks are preallocated
+# and reused, so their memory stays warm: fresh memory costs a page fault per 4 KB, more than the copy.
+BLOCK_ROWS, SMALL_CALL = 2048, 256
+FREE_BLOCKS = 8  # written blocks kept for reuse (per process: ~8 x 200 KB)
 # An open file is `.<name>.tmp` beside its journal `.<name>.journal` (each row group's index entry, for
 # completing the file if its process dies); a file being completed by another process is `.<name>.recovering-*`.
 TMP, JOURNAL, CLAIMED = ".tmp", ".journal", ".recovering"
 
 
-@dataclass(slots=True)
-class _Entry:
-    """One runtime call: its feeds and probabilities, and per request (rows, (time, id) or None: not sampled)."""
+class _Block:
+    """Logged rows of one model version and hour, in columns: preallocated for small calls (their feeds
+    are assembled in place, see `Slot`), or one large call's own arrays."""
 
-    model: OnnxModel
-    feeds: dict[str, np.ndarray]
-    probs: np.ndarray
-    spans: list[tuple[int, LogTag | None]]
-    rows: int  # sampled rows
+    def __init__(self, model: OnnxModel, hour: int, capacity: int = BLOCK_ROWS,
+                 columns: list[np.ndarray] | None = None) -> None:
+        self.model, self.hour = model, hour
+        self.layout = _layout(model)
+        self.reusable = columns is None
+        if columns is None:  # one column per feature, in feature order: rows of two matrices
+            self.numeric = np.empty((sum(self.layout), capacity), np.float32)
+            self.strings = np.empty((len(self.layout) - sum(self.layout), capacity), object)
+            rows = iter(self.numeric), iter(self.strings)
+            columns = [next(rows[0] if numeric else rows[1]) for numeric in self.layout]
+        self.columns = columns
+        self.capacity = len(columns[0]) if columns else capacity
+        self.probs = np.empty(self.capacity, np.float32)
+        self.times = np.empty(self.capacity, np.float64)  # per row: its request's time
+        self.keep: np.ndarray | None = None  # per row: sampled; None while every row is
+        self.ids: list[tuple[int, int, str]] = []  # (start, stop, request id) of rows with an id
+        self.rows = 0
 
-    @property
-    def at(self) -> float:
-        return next(tag[0] for _, tag in self.spans if tag)
+    def reset(self, model: OnnxModel, hour: int) -> _Block:
+        self.model, self.hour, self.rows, self.keep, self.ids = model, hour, 0, None, []
+        return self
+
+    def add(self, start: int, probs: np.ndarray, spans: list[tuple[int, LogTag | None]]) -> None:
+        """A call's outputs and its requests' times, ids and sampling, for its rows from `start`."""
+        stop = start + len(probs)
+        self.probs[start:stop] = probs
+        tags = [tag for _, tag in spans]
+        times = [tag[0] if tag else 0.0 for tag in tags]
+        if len(tags) == stop - start:  # 1-row requests, the common case: a time per row as it is
+            self.times[start:stop] = times
+        else:
+            self.times[start:stop] = np.repeat(times, [n for n, _ in spans])
+        if None in tags or any([tag[1] is not None for tag in tags if tag]):  # some not sampled, or with ids
+            at = start
+            for n, tag in spans:
+                if tag is None:
+                    if self.keep is None:
+                        self.keep = np.ones(self.capacity, bool)
+                    self.keep[at:at + n] = False
+                elif tag[1] is not None:
+                    self.ids.append((at, at + n, tag[1]))
+                at += n
+        self.rows = max(self.rows, stop)
 
 
 @dataclass
@@ -84,8 +121,10 @@ class PredictionLog:
         self._flush_seconds = flush_seconds
         self._metrics = metrics
         self._max_pending = max_pending_rows
-        self._queue: deque[_Entry] = deque()
-        self._pending = 0  # rows queued, not yet taken by the writer
+        self._queue: deque[_Block] = deque()  # full blocks and large calls, for the writer
+        self._filling: dict[int, _Block] = {}  # id(model) -> the block its small calls go to now
+        self._free: list[_Block] = []  # written blocks, to reuse
+        self._pending = 0  # rows logged, not yet taken by the writer
         self._open: dict[tuple[int, int], _OpenFile] = {}  # (hours since epoch, id(model)) -> its open file
         self._writer: asyncio.Task[None] | None = None
         self._stopping = False
@@ -96,15 +135,51 @@ class PredictionLog:
         """Called per request: whether this one goes to the log."""
         return self._sample >= 1.0 or random.random() < self._sample  # noqa: S311 - sampling, not security
 
-    def record_batch(self, model: OnnxModel, feeds: dict[str, np.ndarray], probs: np.ndarray,
-                     spans: list[tuple[int, LogTag | None]], rows: int) -> None:
-        """Called after a runtime call with `rows` sampled rows, on the event loop: one append, the work is
-        the writer's."""
+    def reserve(self, model: OnnxModel, rows: int, at: float) -> Slot | None:
+        """Room for a small call's rows in the block its model's calls of the hour `at` fill (see `Slot`)."""
+        if rows > SMALL_CALL or self._pending + rows > self._max_pending:
+            return None
+        hour = int(at // 3600)
+        block = self._filling.get(id(model))
+        if block is None or block.model is not model or block.hour != hour or block.rows + rows > block.capacity:
+            if block is not None and block.rows:
+                self._queue.append(block)
+            block = self._filling[id(model)] = self._block(model, hour)
+        start = block.rows
+        block.rows += rows  # taken now: a release gives it back
+        return Slot(block.numeric[:, start:block.rows], block.strings[:, start:block.rows], block, start)
+
+    def release(self, slot: Slot) -> None:
+        """The call failed: its rows were the last reserved in their block; they are not logged."""
+        if slot.block.rows == slot.start + slot.numeric.shape[1]:
+            slot.block.rows = slot.start
+
+    def commit(self, model: OnnxModel, slot: Slot | None, feeds: dict[str, np.ndarray], probs: np.ndarray,
+               spans: list[tuple[int, LogTag | None]], rows: int) -> None:
+        """A call ran, on the event loop: one copy of its outputs (in place), or its arrays held as they are."""
+        if slot is not None:
+            slot.block.add(slot.start, probs, spans)
+            self._pending += rows
+            return
         if self._pending + rows > self._max_pending:
             self._metrics.log_dropped += rows
             return
+        at = next(tag[0] for _, tag in spans if tag)
+        block = _Block(model, int(at // 3600), columns=[feeds[f.name] for f in model.features])
+        block.add(0, probs, spans)
         self._pending += rows
-        self._queue.append(_Entry(model, feeds, probs, spans, rows))
+        filling = self._filling.pop(id(model), None)
+        if filling is not None and filling.rows:  # rows stay in the order their calls ran
+            self._queue.append(filling)
+        self._queue.append(block)
+
+    def _block(self, model: OnnxModel, hour: int) -> _Block:
+        layout = _layout(model)
+        while self._free:
+            block = self._free.pop()
+            if block.layout == layout:  # else another model's: dropped
+                return block.reset(model, hour)
+        return _Block(model, hour)
 
     def start(self) -> None:
         """Start the writer task on the running event loop."""
@@ -147,29 +222,33 @@ class PredictionLog:
         return [p for p in (self._close(key) for key in list(self._open)) if p is not None]
 
     def _append(self) -> Iterator[None]:
-        """Take the queue and write it as row groups, in steps (yields between them)."""
-        entries = list(self._queue)
+        """Take the blocks and write them as row groups, in steps (yields between them)."""
+        blocks = [*self._queue, *(b for b in self._filling.values() if b.rows)]
         self._queue.clear()
-        self._pending -= sum(e.rows for e in entries)
-        groups: dict[tuple[int, int], list[_Entry]] = {}
-        for e in entries:  # by hour since the epoch and model object (one version, one feature schema)
-            groups.setdefault((int(e.at // 3600), id(e.model)), []).append(e)
+        self._filling.clear()
+        groups: dict[tuple[int, int], list[_Block]] = {}
+        for b in blocks:  # by hour since the epoch and model object (one version, one feature schema)
+            groups.setdefault((b.hour, id(b.model)), []).append(b)
         for key, group in groups.items():
-            rows = sum(e.rows for e in group)
-            columns = yield from _columns(group)
+            rows = sum([_logged(b) for b in group])
+            self._pending -= rows
+            columns = _columns(group)
             try:
                 yield from self._file(key, group[0], columns).writer.write_steps(columns)
             except OSError as exc:
                 log.warning("prediction log: could not write %d rows: %s", rows, exc)
                 self._metrics.log_dropped += rows
                 continue
+            finally:
+                self._free.extend(b for b in group if b.reusable)
+                del self._free[FREE_BLOCKS:]
             self._metrics.log_rows += rows
 
-    def _file(self, key: tuple[int, int], first: _Entry, columns: list[Column]) -> _OpenFile:
+    def _file(self, key: tuple[int, int], first: _Block, columns: list[Column]) -> _OpenFile:
         if key not in self._open:
             folder = _folder(self.root, key[0])
             folder.mkdir(parents=True, exist_ok=True)
-            name = f"part-{int(first.at * 1000)}-v{first.model.version}-{uuid.uuid4().hex[:8]}.parquet"
+            name = f"part-{int(_first_time(first) * 1000)}-v{first.model.version}-{uuid.uuid4().hex[:8]}.parquet"
             model = first.model
             writer = ParquetWriter(folder / f".{name}{TMP}", [(c.name, c.kind) for c in columns],
                                    {"model_name": model.name, "model_version": model.version,
@@ -257,55 +336,53 @@ def _folder(root: Path, hours_since_epoch: int) -> Path:
     return root / f"dt={hour:%Y-%m-%d}" / f"hr={hour:%H}"
 
 
-def _columns(group: list[_Entry]) -> Generator[None, None, list[Column]]:
-    """The row group's columns (the generator's return value), prepared in steps: the features as `Pages`
-    of the runtime calls' arrays, without the requests that were not sampled, in groups of about
-    PAGE_ROWS rows that the writer joins one page at a time; the columns made here (times, ids,
-    probabilities, labels) are made once for the slice and cut into the same pages (views, no copies)."""
+def _columns(group: list[_Block]) -> list[Column]:
+    """The row group's columns: one page per block, of its columns' slices (copies only where some rows
+    were not sampled)."""
     model = group[0].model
-    keep = [_sampled_rows(e) for e in group]
-    pages: list[list[int]] = [[]]  # entry indexes per page
-    bounds = [0]  # the pages' row offsets
-    in_page = 0
-    for i, e in enumerate(group):
-        if pages[-1] and in_page + e.rows > PAGE_ROWS:
-            pages.append([])
-            bounds.append(bounds[-1] + in_page)
-            in_page = 0
-        pages[-1].append(i)
-        in_page += e.rows
-    bounds.append(bounds[-1] + in_page)
 
-    def paged(values: list[Any]) -> Pages:
-        return Pages([[values[i] if keep[i] is None else values[i][keep[i]] for i in page] for page in pages])
+    def pages(per_block: list[np.ndarray]) -> Pages:
+        return Pages([[_kept(b, values[:b.rows])] for values, b in zip(per_block, group, strict=True)])
 
-    def cut(values: Any) -> Pages:  # one sequence for the slice, cut at the pages' bounds
-        return Pages([[values[a:b]] for a, b in pairwise(bounds)])
-
-    rows = bounds[-1]
-    sampled = [(n, tag) for e in group for n, tag in e.spans if tag]
-    times = (np.repeat([tag[0] for _, tag in sampled], [n for n, _ in sampled]) * 1_000_000).astype(np.int64)
-    ids = {tag[1] for _, tag in sampled}
+    rows = sum([_logged(b) for b in group])
+    ids = {request_id for b in group for _, _, request_id in b.ids}
+    every_row = all(sum([stop - start for start, stop, _ in b.ids]) == _logged(b) for b in group)
     # One id (or none) for all rows is the common case: stored once.
-    request_ids: Any = (Constant(ids.pop(), rows) if len(ids) == 1
-                        else cut(list(chain.from_iterable([tag[1]] * n for n, tag in sampled))))
-    probs = np.concatenate([e.probs if k is None else e.probs[k] for e, k in zip(group, keep, strict=True)])
-    yield
+    request_ids: Any = (Constant(ids.pop() if ids else None, rows) if not ids or (len(ids) == 1 and every_row)
+                        else pages([_ids(b) for b in group]))
     return [
-        Column("ts", "timestamp_us", cut(times)),
+        Column("ts", "timestamp_us", pages([(b.times[:b.rows] * 1_000_000).astype(np.int64) for b in group])),
         Column("model_name", "string", Constant(model.name, rows)),
         Column("model_version", "string", Constant(model.version, rows)),
         Column("request_id", "string", request_ids),
         *(Column(f"feature_{f.name}" if f.name in RESERVED else f.name,
-                 "float32" if f.kind == "numeric" else "string", paged([e.feeds[f.name] for e in group]))
-          for f in model.features),
-        Column("probability", "float32", cut(probs)),
-        Column("label", "int64", cut((probs >= model.threshold).astype(np.int64))),
+                 "float32" if f.kind == "numeric" else "string", pages([b.columns[i] for b in group]))
+          for i, f in enumerate(model.features)),
+        Column("probability", "float32", pages([b.probs for b in group])),
+        Column("label", "int64", pages([(b.probs[:b.rows] >= model.threshold).astype(np.int64) for b in group])),
     ]
 
 
-def _sampled_rows(e: _Entry) -> np.ndarray | None:
-    """The mask of an entry's rows that were sampled; None when all were."""
-    if e.rows == e.probs.shape[0]:
-        return None
-    return np.repeat([tag is not None for _, tag in e.spans], [n for n, _ in e.spans])
+def _layout(model: OnnxModel) -> tuple[bool, ...]:
+    """Which features are numeric: what a block's columns are made of."""
+    return tuple(f.kind == "numeric" for f in model.features)
+
+
+def _logged(b: _Block) -> int:
+    return b.rows if b.keep is None else int(b.keep[:b.rows].sum())
+
+
+def _kept(b: _Block, values: np.ndarray) -> np.ndarray:
+    """A block's values of its logged rows (`values` has one per row of the block)."""
+    return values if b.keep is None else values[b.keep[:b.rows]]
+
+
+def _ids(b: _Block) -> np.ndarray:
+    out = np.full(b.rows, None, object)
+    for start, stop, request_id in b.ids:
+        out[start:stop] = request_id
+    return out
+
+
+def _first_time(b: _Block) -> float:
+    return float(_kept(b, b.times[:b.rows])[0])

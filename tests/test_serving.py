@@ -470,7 +470,7 @@ def test_prediction_log_writes_hourly_parquet_that_reads_back(tmp_path, onnx_byt
     model = OnnxModel(onnx_bytes, "flights_delay", "7")
     metrics = Metrics()
     plog = PredictionLog(tmp_path, sample=1.0, flush_seconds=3600, metrics=metrics)
-    predictor = Predictor(model, None, log_batch=plog.record_batch)
+    predictor = Predictor(model, None, log=plog)
     records, _ = predictor.protocol.records(json.dumps({"records": [RECORD, {**RECORD, "distance": None}]}).encode())
     tensors = predictor.protocol.infer(json.dumps({"inputs": _tensors([RECORD])}).encode()).rows
     ten = datetime(2024, 5, 1, 10, 59, tzinfo=UTC).timestamp()
@@ -503,7 +503,7 @@ def test_prediction_log_writes_between_requests_on_the_event_loop(tmp_path, onnx
     model = OnnxModel(onnx_bytes, "flights_delay", "7")
     metrics = Metrics()
     plog = PredictionLog(tmp_path, sample=1.0, flush_seconds=3600, metrics=metrics)
-    predictor = Predictor(model, None, log_batch=plog.record_batch)
+    predictor = Predictor(model, None, log=plog)
     rows = predictor.protocol.records(json.dumps({"records": [RECORD] * 50}).encode())[0]
 
     before = threading.active_count()
@@ -514,7 +514,7 @@ def test_prediction_log_writes_between_requests_on_the_event_loop(tmp_path, onnx
             await predictor.predict(rows, (datetime.now(UTC).timestamp(), None))
         mid_slice, threads = 0, before  # loop turns while the writer holds taken rows it has not finished writing
         while metrics.log_rows == 0:
-            mid_slice += not plog._queue  # noqa: SLF001 - the queue is taken at the start of a slice
+            mid_slice += not plog._queue and not plog._filling  # noqa: SLF001 - taken at the start of a slice
             threads = max(threads, threading.active_count())
             await asyncio.sleep(0)
         await plog.close()
@@ -524,6 +524,57 @@ def test_prediction_log_writes_between_requests_on_the_event_loop(tmp_path, onnx
     assert mid_slice >= 10 and threads == before
     table = ds.dataset(tmp_path, format="parquet", partitioning="hive").to_table()
     assert table.num_rows == 2000 and metrics.log_rows == 2000 and metrics.log_files == 1
+
+
+def test_prediction_log_blocks_keep_every_row_in_order_across_blocks_large_calls_and_reuse(tmp_path, onnx_bytes):
+    """Small calls are assembled in the log's reused blocks, a large call's arrays are logged as they are:
+    every logged row reads back once, in order, with its own values, whichever path it took; a call that
+    failed logs nothing; a reused block carries nothing over (ids, unsampled rows) from its last slice."""
+    model = OnnxModel(onnx_bytes, "flights_delay", "7")
+    run = model.predict_columns
+
+    def fragile(columns):  # the runtime refusing a call cannot be produced on demand: a stand-in for it
+        if "BOOM" in columns["origin"]:
+            raise RuntimeError("the runtime refused")
+        return run(columns)
+
+    model.predict_columns = fragile  # type: ignore[method-assign]
+    metrics = Metrics()
+    plog = PredictionLog(tmp_path, sample=1.0, flush_seconds=3600, metrics=metrics)
+    predictor = Predictor(model, None, log=plog)
+    now = datetime.now(UTC).timestamp()
+
+    def rows(distance: float, n: int, origin: str = "EWR"):
+        record = {**RECORD, "distance": distance, "origin": origin}
+        return predictor.protocol.records(json.dumps({"records": [record] * n}).encode())[0]
+
+    async def call(*requests):  # concurrent: one runtime call
+        return await asyncio.gather(*(predictor.predict(r, tag) for r, tag in requests), return_exceptions=True)
+
+    async def first_slice() -> None:
+        for i in range(11):  # 11 x 200 rows: more than a block holds
+            await call((rows(i, 200), (now, "a" if i == 3 else None)), (rows(-1, 5), None))
+            if i == 5:  # a call that fails: its rows are given back, nothing of it is logged
+                await call((rows(50, 10), (now, None)), (rows(51, 1, "BOOM"), (now, None)))
+        await call((rows(100, 300), (now, None)))  # over SMALL_CALL: held as it is
+
+    asyncio.run(first_slice())
+    plog.flush()
+    table = ds.dataset(tmp_path, format="parquet", partitioning="hive").to_table()
+    assert table.column("distance").to_pylist() == [float(i) for i in range(11) for _ in range(200)] + [100.0] * 300
+    assert table.column("request_id").to_pylist() == [
+        "a" if i == 3 else None for i in range(11) for _ in range(200)] + [None] * 300
+    assert metrics.log_rows == 2500 and len(plog._free) >= 2  # noqa: SLF001 - the written blocks wait for reuse
+
+    async def second_slice() -> None:
+        for i in range(5):
+            await call((rows(200 + i, 100), (now, None)))
+
+    asyncio.run(second_slice())
+    [second] = plog.flush()
+    again = pq.read_table(second)
+    assert again.column("distance").to_pylist() == [200.0 + i for i in range(5) for _ in range(100)]
+    assert set(again.column("request_id").to_pylist()) == {None} and metrics.log_rows == 3000
 
 
 def test_a_file_left_open_by_a_dead_writer_is_completed_from_its_journal(tmp_path):
@@ -552,7 +603,7 @@ def test_a_file_left_open_by_a_dead_writer_is_completed_from_its_journal(tmp_pat
 def test_prediction_log_completes_files_that_a_stopped_process_left_open(tmp_path, onnx_bytes):
     model = OnnxModel(onnx_bytes, "flights_delay", "7")
     dead = PredictionLog(tmp_path, sample=1.0, flush_seconds=3600, metrics=Metrics())
-    predictor = Predictor(model, None, log_batch=dead.record_batch)
+    predictor = Predictor(model, None, log=dead)
     rows = predictor.protocol.records(json.dumps({"records": [RECORD] * 30}).encode())[0]
 
     async def two_slices() -> None:  # written as row groups; never closed: the process is killed
