@@ -34,6 +34,9 @@ _PLAIN_KINDS = ("float32", "float64")
 # Thrift compact protocol type ids
 _T_TRUE, _T_FALSE, _T_I32, _T_I64, _T_BINARY, _T_LIST, _T_STRUCT = 1, 2, 5, 6, 8, 9, 12
 
+# A row group of the prediction log (~20 pages) is a few hundred KB: written to the OS at once (the
+# journal flushes it before its entry), not a system call per page.
+WRITE_BUFFER = 1 << 20
 KINDS = ("timestamp_us", "float32", "float64", "int64", "string")
 _PHYSICAL = {"timestamp_us": _INT64, "float32": _FLOAT, "float64": _DOUBLE, "int64": _INT64, "string": _BYTE_ARRAY}
 _NUMPY = {"timestamp_us": "<i8", "float32": "<f4", "float64": "<f8", "int64": "<i8"}
@@ -302,7 +305,7 @@ class ParquetWriter:
         self.path, self.schema, self.metadata = path, schema, metadata
         self.rows = 0
         self._groups: list[bytes] = []
-        self._file = path.open("wb")
+        self._file = path.open("wb", buffering=WRITE_BUFFER)  # a row group's pages leave in one write
         self._file.write(b"PAR1")
         self._offset = 4
         self._journal = None

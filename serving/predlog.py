@@ -223,7 +223,7 @@ class PredictionLog:
 
     def _append(self) -> Iterator[None]:
         """Take the blocks and write them as row groups, in steps (yields between them)."""
-        blocks = [*self._queue, *(b for b in self._filling.values() if b.rows)]
+        blocks = [b for b in (*self._queue, *self._filling.values()) if _logged(b)]
         self._queue.clear()
         self._filling.clear()
         groups: dict[tuple[int, int], list[_Block]] = {}

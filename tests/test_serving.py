@@ -411,12 +411,15 @@ def test_a_request_parsed_one_loop_turn_later_joins_the_same_runtime_call(onnx_b
     predictor = Predictor(model, None, on_batch=lambda rows, requests: calls.append(requests))
     rows = predictor.protocol.records(json.dumps({"records": [RECORD]}).encode())[0]
 
+    async def now() -> np.ndarray:  # as a request's handler does, in its task
+        return await predictor.predict(rows)
+
     async def one_turn_later() -> np.ndarray:
         await asyncio.sleep(0)
         return await predictor.predict(rows)
 
     async def both() -> list[np.ndarray]:
-        return await asyncio.gather(predictor.predict(rows), one_turn_later())
+        return await asyncio.gather(now(), one_turn_later())
 
     first, second = asyncio.run(both())
     assert calls == [2] and first == pytest.approx(second)
