@@ -49,7 +49,7 @@ DATE ?= 2013-06-30
 CONF ?= {}
 DEMO_DATES ?= 2013-06-30 2013-07-30
 
-.PHONY: help venv demo up down test test-fast bench bench-extract bench-train bench-serve lint seed dags-test airflow serve clean replay
+.PHONY: help venv demo up down test test-fast bench bench-extract bench-train bench-serve bench-icount lint seed dags-test airflow serve clean replay
 
 help:
 	@echo "make demo    run the pipeline twice on the demo data, serve the champion, ask it for a prediction"
@@ -58,6 +58,7 @@ help:
 	@echo "make bench-extract   PostgreSQL extraction benchmark: ours vs pandas vs the COPY ceiling"
 	@echo "make bench-train     training epoch: real input pipeline vs tensors preloaded (CUDA too when present)"
 	@echo "make bench-serve     model server vs mlflow models serve vs a raw-ASGI hello world (wrk if installed)"
+	@echo "make bench-icount    model server's instructions per request, this tree vs BASE=<git rev> (valgrind)"
 	@echo "make replay  after make demo: later months of 2013 through serving, monitor_production, retrain on drift"
 	@echo "make seed | dags-test DAG=.. DATE=.. | airflow CMD='..' | serve | lint"
 
@@ -137,6 +138,11 @@ bench-train: venv
 
 bench-serve: venv
 	$(BIN)/python -m bench.serve
+
+# The server's work per request in instructions (valgrind), this tree against BASE (default HEAD):
+# resolves 1 % where the timed runs of bench-serve drift by 20 %.
+bench-icount: venv
+	$(BIN)/python -m bench.icount --base $(or $(BASE),HEAD)
 
 lint: venv
 	$(BIN)/ruff check dags plugins tasks serving tests bench examples

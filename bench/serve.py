@@ -95,14 +95,11 @@ def process(cmd: list[str], log: Path, env: dict[str, str] | None = None) -> Ite
 
 # --- the model, registered as training registers it ----------------------------------------------------
 
-def register_champion(work: Path, mlflow_url: str) -> tuple[str, str, Path]:
-    """Export a model with the flights spec's features, log and register it like tasks.train, alias champion."""
-    import mlflow
-    import onnx
+def export_model(path: Path) -> str:
+    """The bench's model (the flights spec's features, fixed vocabularies and weights) as ONNX at `path`;
+    its registered name."""
     import torch
-    from mlflow.models import infer_signature
 
-    from serving.model import OnnxModel
     from tasks.config import load_spec
     from tasks.model import ModelConfig, TabularNet, export_onnx
 
@@ -115,8 +112,20 @@ def register_champion(work: Path, mlflow_url: str) -> tuple[str, str, Path]:
                       spec.training.hidden, spec.training.embedding_dim)
     net = TabularNet(cfg)
     net.fit_preprocessing(np.array([[r[c] for c in cfg.numeric] for r in batch_records(BATCH_ROWS)], np.float32))
-    path = work / "model.onnx"
     export_onnx(net, path, {"model_name": spec.registered_model, "threshold": "0.5"})
+    return spec.registered_model
+
+
+def register_champion(work: Path, mlflow_url: str) -> tuple[str, str, Path]:
+    """Export the bench's model, log and register it like tasks.train, alias champion."""
+    import mlflow
+    import onnx
+    from mlflow.models import infer_signature
+
+    from serving.model import OnnxModel
+
+    path = work / "model.onnx"
+    name = export_model(path)
     mlflow.set_tracking_uri(mlflow_url)
     exp = mlflow.create_experiment("bench-serve")
     inputs = columns([FLIGHT] * 2)
@@ -126,10 +135,10 @@ def register_champion(work: Path, mlflow_url: str) -> tuple[str, str, Path]:
                                      pip_requirements=["onnxruntime"], signature=signature, input_example=inputs)
     import hashlib
 
-    mv = mlflow.register_model(info.model_uri, spec.registered_model, tags={
+    mv = mlflow.register_model(info.model_uri, name, tags={
         "run_id": run.info.run_id, "onnx.sha256": hashlib.sha256(path.read_bytes()).hexdigest()})
-    mlflow.MlflowClient().set_registered_model_alias(spec.registered_model, "champion", mv.version)
-    return spec.registered_model, str(mv.version), path
+    mlflow.MlflowClient().set_registered_model_alias(name, "champion", mv.version)
+    return name, str(mv.version), path
 
 
 def columns(records: list[dict[str, Any]]) -> dict[str, np.ndarray]:
