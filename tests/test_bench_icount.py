@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pyarrow.dataset as ds
+import pytest
 
 from bench.icount import REPO, _model_cache, _tree
 
@@ -24,6 +25,9 @@ def test_the_driver_serves_and_logs_1_row_requests_from_a_cached_model(tmp_path)
 
 
 def test_a_base_revision_is_unpacked_as_an_importable_serving_package(tmp_path):
+    inside = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, check=False)  # noqa: S607
+    if inside.returncode != 0:
+        pytest.skip("not a git checkout with commits: bench.icount compares against a git revision")
     tree = _tree("HEAD", tmp_path)
     assert (tree / "serving" / "app.py").is_file() and (tree / "serving" / "__init__.py").is_file()
     assert not (Path(tree) / "tasks").exists()  # only serving/: the rest comes from this checkout
