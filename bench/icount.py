@@ -93,6 +93,7 @@ def drive(tree: str, cache: str, requests: int, log_dir: str) -> None:
 
     from bench.serve import FLIGHT
     from serving.app import create_app
+
     body = msgspec.json.encode({"records": [FLIGHT]})
     scope = {"type": "http", "method": "POST", "path": "/predict", "query_string": b"",
              "headers": [(b"host", b"bench"), (b"content-type", b"application/json"),
