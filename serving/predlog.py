@@ -122,7 +122,8 @@ class PredictionLog:
         self._metrics = metrics
         self._max_pending = max_pending_rows
         self._queue: deque[_Block] = deque()  # full blocks and large calls, for the writer
-        self._filling: dict[int, _Block] = {}  # id(model) -> the block its small calls go to now
+        # id(model) -> the block its small calls go to now (the block holds the model: its id is not reused)
+        self._filling: dict[int, _Block] = {}
         self._free: list[_Block] = []  # written blocks, to reuse
         self._pending = 0  # rows logged, not yet taken by the writer
         self._open: dict[tuple[int, int], _OpenFile] = {}  # (hours since epoch, id(model)) -> its open file
@@ -141,7 +142,7 @@ class PredictionLog:
             return None
         hour = int(at // 3600)
         block = self._filling.get(id(model))
-        if block is None or block.model is not model or block.hour != hour or block.rows + rows > block.capacity:
+        if block is None or block.hour != hour or block.rows + rows > block.capacity:
             if block is not None and block.rows:
                 self._queue.append(block)
             block = self._filling[id(model)] = self._block(model, hour)
@@ -232,7 +233,7 @@ class PredictionLog:
         for key, group in groups.items():
             rows = sum([_logged(b) for b in group])
             self._pending -= rows
-            columns = _columns(group)
+            columns = _columns(group, rows)
             try:
                 yield from self._file(key, group[0], columns).writer.write_steps(columns)
             except OSError as exc:
@@ -336,15 +337,14 @@ def _folder(root: Path, hours_since_epoch: int) -> Path:
     return root / f"dt={hour:%Y-%m-%d}" / f"hr={hour:%H}"
 
 
-def _columns(group: list[_Block]) -> list[Column]:
-    """The row group's columns: one page per block, of its columns' slices (copies only where some rows
-    were not sampled)."""
+def _columns(group: list[_Block], rows: int) -> list[Column]:
+    """The row group's columns (`rows` logged rows): one page per block, of its columns' slices (copies
+    only where some rows were not sampled)."""
     model = group[0].model
 
     def pages(per_block: list[np.ndarray]) -> Pages:
         return Pages([[_kept(b, values[:b.rows])] for values, b in zip(per_block, group, strict=True)])
 
-    rows = sum([_logged(b) for b in group])
     ids = {request_id for b in group for _, _, request_id in b.ids}
     every_row = all(sum([stop - start for start, stop, _ in b.ids]) == _logged(b) for b in group)
     # One id (or none) for all rows is the common case: stored once.
