@@ -14,7 +14,7 @@ from tasks.dataset import feature_columns, load_frame, split_by_time
 from tasks.evaluate import ParityError, parity, torch_probs
 from tasks.extract import extract_snapshot
 from tasks.fit import fit
-from tasks.model import export_onnx
+from tasks.model import ModelConfig, TabularNet, encode, export_onnx
 
 
 @pytest.fixture(scope="module")
@@ -57,13 +57,39 @@ def test_onnx_export_matches_torch_on_raw_columns(spec, splits, trained, tmp_pat
     assert parity(onnx_probs, torch_probs(net, spec, splits.holdout), "t") <= 1e-5
 
 
-def test_onnx_front_takes_the_columns_in_few_nodes(trained, tmp_path):
-    # onnxruntime pays per node on every call: the numeric matrix is three nodes, and each embedding
-    # reads its column's LabelEncoder output (no codes matrix built and taken apart again).
-    model = export_onnx(trained[0], tmp_path / "model.onnx", {"model_name": "t"})
+def test_onnx_graph_folds_the_first_layer_into_few_nodes(trained, tmp_path):
+    # onnxruntime pays per node on every call: normalisation, embeddings and the first Linear are one
+    # Gemm plus a lookup per categorical column; no codes matrix, no concatenated embeddings.
+    net = trained[0]
+    model = export_onnx(net, tmp_path / "model.onnx", {"model_name": "t"})
     ops = [n.op_type for n in model.graph.node]
-    assert "Unsqueeze" not in ops and not any("__codes" in n.input for n in model.graph.node)
-    assert ops[:3] == ["Concat", "Reshape", "Transpose"]
+    linears = sum(isinstance(m, torch.nn.Linear) for m in net.head)
+    assert ops.count("Gemm") == linears
+    assert ops.count("Gather") == ops.count("LabelEncoder") == len(net.config.categorical)
+    assert "Div" not in ops and "Transpose" not in ops and "Unsqueeze" not in ops
+    assert len(ops) <= 21
+
+
+def test_onnx_export_keeps_parity_on_a_column_that_was_nearly_constant_in_training(tmp_path):
+    # A column constant in training (float32 noise gives it a std of ~1e-5) makes 1/std huge: folding
+    # the mean into the bias would cancel catastrophically in float32; centring first does not.
+    cfg = ModelConfig(["year", "distance"], ["carrier"], {"carrier": ["AA", "B6"]}, [16], 4)
+    torch.manual_seed(3)
+    net = TabularNet(cfg)
+    rng = np.random.default_rng(0)
+    train = np.column_stack([np.full(500, 2005.0) + rng.normal(0, 1e-4, 500), rng.uniform(100, 5000, 500)])
+    net.fit_preprocessing(train.astype(np.float32))
+    assert float(net.normalize.std[0]) < 1e-3
+    path = tmp_path / "model.onnx"
+    export_onnx(net, path, {"model_name": "t"})
+    year = np.array([2005.0, 2005.0, np.nan, 2005.0001, 2004.9999, 2005.0], np.float32)
+    distance = np.array([2475.0, np.nan, 300.0, 1000.0, 4999.0, 100.0], np.float32)
+    carrier = np.array(["AA", "B6", "ZZ", "", "AA", "B6"], dtype=object)
+    onnx_probs = OnnxModel.from_file(path).predict_columns({"year": year, "distance": distance, "carrier": carrier})
+    numeric, codes = encode(cfg, {"year": year, "distance": distance, "carrier": carrier})
+    with torch.no_grad():
+        reference = torch.sigmoid(net(torch.from_numpy(numeric), torch.from_numpy(codes))).numpy()
+    assert parity(onnx_probs, reference, "t") <= 1e-5
 
 
 def test_a_broken_export_fails_the_parity_check(spec, splits, trained, tmp_path):
