@@ -13,7 +13,7 @@ import json
 import os
 import time
 from bisect import bisect_left
-from collections import Counter, defaultdict
+from collections import defaultdict
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -98,23 +98,28 @@ class Metrics:
         self.log_recovered = 0  # rows of files that stopped processes left open, completed here
         self.started = time.time()
         self.processes = 1  # server processes these counters add up (SERVING_WORKERS)
-        self._observed: list[tuple[str, int, float]] = []  # requests not yet folded into the counters
+        # Durations of requests not yet folded into the counters, by (route, status): a fold then does
+        # no Python work per request.
+        self._observed: dict[tuple[str, int], list[float]] = {}
 
     def observe(self, route: str, status: int, seconds: float) -> None:
         """One request: its route template, status and duration."""
-        self._observed.append((route, status, seconds))
-        if len(self._observed) >= FOLD_EVERY:
+        try:
+            durations = self._observed[route, status]
+        except KeyError:
+            durations = self._observed[route, status] = []
+        durations.append(seconds)
+        if len(durations) >= FOLD_EVERY:
             self._fold()
 
     def _fold(self) -> None:
-        observed, self._observed = self._observed, []
-        for key, n in Counter([(route, status) for route, status, _ in observed]).items():
-            self.requests[key] += n
-        by_route: defaultdict[str, list[float]] = defaultdict(list)
-        for route, _, seconds in observed:
-            by_route[route].append(seconds)
-        for route, durations in by_route.items():
-            self.latency.setdefault(route, _Histogram(LATENCY_BUCKETS)).observe_many(durations)
+        observed, self._observed = self._observed, {}
+        for (route, status), durations in observed.items():
+            self.requests[route, status] += len(durations)
+            histogram = self.latency.get(route)
+            if histogram is None:
+                histogram = self.latency[route] = _Histogram(LATENCY_BUCKETS)
+            histogram.observe_many(durations)
 
     def batch(self, rows: int, requests: int) -> None:
         self.rows += rows

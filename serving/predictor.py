@@ -38,7 +38,7 @@ class _Job:
 
 
 LogTag = tuple[float, str | None]
-_Ran = tuple[dict[str, np.ndarray] | None, np.ndarray, list[np.ndarray | Exception]]
+_Ran = tuple[dict[str, np.ndarray] | None, np.ndarray, list[np.ndarray | Exception] | None]
 
 
 @dataclass(slots=True)
@@ -63,8 +63,9 @@ class CallLog(typing.Protocol):
         """The call failed: its reserved rows are not logged."""
 
     def commit(self, model: OnnxModel, slot: Slot | None, feeds: dict[str, np.ndarray], probs: np.ndarray,
-               spans: list[tuple[int, LogTag | None]], rows: int) -> None:
-        """A call ran: its `rows` sampled rows go to the log (per request: (rows, its log tag or None))."""
+               tags: list[LogTag | None], counts: list[int] | None, rows: int) -> None:
+        """A call ran: its `rows` sampled rows go to the log. Per request: its log tag or None, and its
+        row count (`counts` None: one row each)."""
 
 
 class Predictor:
@@ -79,6 +80,7 @@ class Predictor:
         self._on_batch = on_batch or (lambda rows, requests: None)
         self._log = log
         self._queue: deque[_Job] = deque()
+        self._queued_rows = 0
         self._drainer: asyncio.Task[None] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
 
@@ -91,6 +93,7 @@ class Predictor:
             loop = self._loop = asyncio.get_running_loop()
         job = _Job(rows, loop.create_future(), log)
         self._queue.append(job)
+        self._queued_rows += rows.count
         if self._drainer is None:
             self._drainer = loop.create_task(self._drain())
         return job.future
@@ -112,33 +115,52 @@ class Predictor:
                 jobs, rows = self._take()
                 slot = self._reserve(jobs, rows)
                 if self._executor is None or rows <= INLINE_ROWS:
-                    feeds, probs, results = self._run(jobs, slot)
+                    feeds, probs, alone = self._run(jobs, slot)
                 else:
-                    feeds, probs, results = await loop.run_in_executor(self._executor, self._run, jobs, None)
-                if feeds is None:  # requests ran one by one: count the rows of those that did not fail
-                    rows = sum([len(r) for r in results if not isinstance(r, Exception)])
+                    feeds, probs, alone = await loop.run_in_executor(self._executor, self._run, jobs, None)
+                if feeds is None:  # the call failed: its requests ran one by one
+                    assert alone is not None
+                    self._answer_alone(jobs, alone)
+                    continue
                 self._on_batch(rows, len(jobs))
-                if self._log is not None and feeds is not None:
-                    spans = [(j.rows.count, j.log) for j in jobs]
-                    logged = sum([n for n, tag in spans if tag])
-                    if logged:
-                        self._log.commit(self.model, slot, feeds, probs, spans, logged)
-                for job, result in zip(jobs, results, strict=True):
-                    if job.future.done():  # the caller went away
-                        continue
-                    if isinstance(result, Exception):
-                        job.future.set_exception(result)
+                one_row_each = rows == len(jobs)  # the common case under load: 1-row requests
+                if self._log is not None:
+                    tags = [j.log for j in jobs]
+                    if one_row_each:
+                        counts, logged = None, rows - tags.count(None)
                     else:
+                        counts = [j.rows.count for j in jobs]
+                        logged = sum([n for n, tag in zip(counts, tags, strict=True) if tag])
+                    if logged:
+                        self._log.commit(self.model, slot, feeds, probs, tags, counts, logged)
+                # Each request's rows of the call's probabilities: 1-row requests iterate an (N, 1) view.
+                for job, result in zip(jobs, probs.reshape(rows, 1) if one_row_each else _slices(probs, jobs),
+                                       strict=True):
+                    try:
                         job.future.set_result(result)
+                    except asyncio.InvalidStateError:  # the caller went away (its future was cancelled)
+                        pass
         finally:
             self._drainer = None
 
+    def _answer_alone(self, jobs: list[_Job], results: list[np.ndarray | Exception]) -> None:
+        """The call failed and its requests ran one by one: each gets its own result or error."""
+        self._on_batch(sum([len(r) for r in results if not isinstance(r, Exception)]), len(jobs))
+        for job, result in zip(jobs, results, strict=True):
+            if job.future.done():  # the caller went away
+                continue
+            if isinstance(result, Exception):
+                job.future.set_exception(result)
+            else:
+                job.future.set_result(result)
+
     def _take(self) -> tuple[list[_Job], int]:
         """The next call's requests, up to max_batch_rows rows (one request may be more), and their rows."""
-        rows = sum([j.rows.count for j in self._queue])
+        rows = self._queued_rows
         if rows <= self._max_rows:  # the common case: all that waits goes into this call
             jobs = list(self._queue)
             self._queue.clear()
+            self._queued_rows = 0
             return jobs, rows
         jobs = [self._queue.popleft()]
         rows = jobs[0].rows.count
@@ -146,6 +168,7 @@ class Predictor:
             job = self._queue.popleft()
             jobs.append(job)
             rows += job.rows.count
+        self._queued_rows -= rows
         return jobs, rows
 
     def _reserve(self, jobs: list[_Job], rows: int) -> Slot | None:
@@ -156,22 +179,30 @@ class Predictor:
         return None if at is None else self._log.reserve(self.model, rows, at)
 
     def _run(self, jobs: list[_Job], slot: Slot | None) -> _Ran:
-        """(feeds, probabilities, per request its slice or error); feeds None when requests ran one by one."""
+        """(feeds, probabilities, None) from one call; when it failed, (None, empty, per request its
+        probabilities or error from running alone)."""
         try:
             feeds = assemble(self.model.features, [j.rows for j in jobs], slot)
-            probs = self.model.predict_columns(feeds)
+            return feeds, self.model.predict_columns(feeds), None
         except Exception as exc:  # noqa: BLE001 - isolate the request that broke the call
             if slot is not None and self._log is not None:
                 self._log.release(slot)
-            alone: list[np.ndarray | Exception] = [exc] if len(jobs) == 1 else [
-                r for j in jobs for r in self._run([j], None)[2]]
+            if len(jobs) == 1:
+                return None, np.empty(0, np.float32), [exc]
+            alone: list[np.ndarray | Exception] = []
+            for job in jobs:
+                _, probs, failed = self._run([job], None)
+                alone.append(probs if failed is None else failed[0])
             return None, np.empty(0, np.float32), alone
-        out: list[np.ndarray | Exception] = []
-        start = 0
-        for job in jobs:
-            out.append(probs[start:start + job.rows.count])
-            start += job.rows.count
-        return feeds, probs, out
+
+
+def _slices(probs: np.ndarray, jobs: list[_Job]) -> list[np.ndarray]:
+    """Each request's rows of a call's probabilities, in call order."""
+    out, start = [], 0
+    for job in jobs:
+        out.append(probs[start:start + job.rows.count])
+        start += job.rows.count
+    return out
 
 
 def assemble(features: list[Feature], parts: list[Rows], slot: Slot | None = None) -> dict[str, np.ndarray]:

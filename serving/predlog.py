@@ -82,26 +82,29 @@ class _Block:
         self.model, self.hour, self.rows, self.keep, self.ids = model, hour, 0, None, []
         return self
 
-    def add(self, start: int, probs: np.ndarray, spans: list[tuple[int, LogTag | None]]) -> None:
-        """A call's outputs and its requests' times, ids and sampling, for its rows from `start`."""
+    def add(self, start: int, probs: np.ndarray, tags: list[LogTag | None], counts: list[int] | None) -> None:
+        """A call's outputs and its requests' times, ids and sampling, for its rows from `start` (per
+        request: its log tag or None, and its row count; `counts` None: one row each)."""
         stop = start + len(probs)
         self.probs[start:stop] = probs
-        tags = [tag for _, tag in spans]
-        times = [tag[0] if tag else 0.0 for tag in tags]
-        if len(tags) == stop - start:  # 1-row requests, the common case: a time per row as it is
-            self.times[start:stop] = times
+        if None not in tags:  # every request sampled (the default): times and ids unzipped without a loop
+            times, ids = zip(*tags, strict=True)
+            if ids.count(None) == len(ids):  # and none with an id
+                self.times[start:stop] = times if counts is None else np.repeat(times, counts)
+                self.rows = max(self.rows, stop)
+                return
         else:
-            self.times[start:stop] = np.repeat(times, [n for n, _ in spans])
-        if None in tags or any([tag[1] is not None for tag in tags if tag]):  # some not sampled, or with ids
-            at = start
-            for n, tag in spans:
-                if tag is None:
-                    if self.keep is None:
-                        self.keep = np.ones(self.capacity, bool)
-                    self.keep[at:at + n] = False
-                elif tag[1] is not None:
-                    self.ids.append((at, at + n, tag[1]))
-                at += n
+            times = tuple(tag[0] if tag else 0.0 for tag in tags)
+        self.times[start:stop] = times if counts is None else np.repeat(times, counts)
+        at = start  # some requests not sampled, or with ids
+        for n, tag in zip(counts or [1] * len(tags), tags, strict=True):
+            if tag is None:
+                if self.keep is None:
+                    self.keep = np.ones(self.capacity, bool)
+                self.keep[at:at + n] = False
+            elif tag[1] is not None:
+                self.ids.append((at, at + n, tag[1]))
+            at += n
         self.rows = max(self.rows, stop)
 
 
@@ -156,18 +159,18 @@ class PredictionLog:
             slot.block.rows = slot.start
 
     def commit(self, model: OnnxModel, slot: Slot | None, feeds: dict[str, np.ndarray], probs: np.ndarray,
-               spans: list[tuple[int, LogTag | None]], rows: int) -> None:
+               tags: list[LogTag | None], counts: list[int] | None, rows: int) -> None:
         """A call ran, on the event loop: one copy of its outputs (in place), or its arrays held as they are."""
         if slot is not None:
-            slot.block.add(slot.start, probs, spans)
+            slot.block.add(slot.start, probs, tags, counts)
             self._pending += rows
             return
         if self._pending + rows > self._max_pending:
             self._metrics.log_dropped += rows
             return
-        at = next(tag[0] for _, tag in spans if tag)
+        at = next(tag[0] for tag in tags if tag)
         block = _Block(model, int(at // 3600), columns=[feeds[f.name] for f in model.features])
-        block.add(0, probs, spans)
+        block.add(0, probs, tags, counts)
         self._pending += rows
         filling = self._filling.pop(id(model), None)
         if filling is not None and filling.rows:  # rows stay in the order their calls ran
