@@ -39,17 +39,18 @@ import numpy as np
 
 from serving.metrics import Metrics
 from serving.model import OnnxModel
-from serving.parquet import Column, Constant, Pages, ParquetWriter, is_complete, recover
+from serving.parquet import Column, Constant, Pages, ParquetWriter, Values, is_complete, recover
 from serving.predictor import LogTag, Slot
 
 log = logging.getLogger("serving.predlog")
 # Columns of every file besides the features; a feature with one of these names is stored as feature_<name>.
 RESERVED = ("ts", "model_name", "model_version", "request_id", "probability", "label", "dt", "hr")
 SLICE_SECONDS = 0.1  # a slice's row group stays small (~1-2 k rows of 1-row requests under load)
-# Rows per block: calls of up to SMALL_CALL rows share a block, which is one data page per column (a
-# writer step's work); a larger call's arrays are a page as they are (no copy). Blocks are preallocated
-# and reused, so their memory stays warm: fresh memory costs a page fault per 4 KB, more than the copy.
-BLOCK_ROWS, SMALL_CALL = 2048, 256
+# Rows per block: calls of up to SMALL_CALL rows share a block; a larger call's arrays are a block as
+# they are (no copy). Blocks are preallocated and reused, so their memory stays warm: fresh memory costs
+# a page fault per 4 KB, more than the copy. A slice's blocks are data pages of up to PAGE_ROWS rows
+# per column (one page: a writer step's work): one block as it is, several joined.
+BLOCK_ROWS, SMALL_CALL, PAGE_ROWS = 2048, 256, 8192
 FREE_BLOCKS = 8  # written blocks kept for reuse (per process: ~8 x 200 KB)
 # An open file is `.<name>.tmp` beside its journal `.<name>.journal` (each row group's index entry, for
 # completing the file if its process dies); a file being completed by another process is `.<name>.recovering-*`.
@@ -341,12 +342,22 @@ def _folder(root: Path, hours_since_epoch: int) -> Path:
 
 
 def _columns(group: list[_Block], rows: int) -> list[Column]:
-    """The row group's columns (`rows` logged rows): one page per block, of its columns' slices (copies
-    only where some rows were not sampled)."""
+    """The row group's columns (`rows` logged rows), of its blocks' slices: a block's slice is a page as it
+    is (copied only where some rows were not sampled); several blocks are joined into pages of up to
+    PAGE_ROWS (a page costs ~50 µs to frame and compress, and large calls make a block each)."""
     model = group[0].model
 
     def pages(per_block: list[np.ndarray]) -> Pages:
-        return Pages([[_kept(b, values[:b.rows])] for values, b in zip(per_block, group, strict=True)])
+        joined: list[list[Values]] = [[]]
+        size = 0
+        for values, b in zip(per_block, group, strict=True):
+            piece = _kept(b, values[:b.rows])
+            if size and size + len(piece) > PAGE_ROWS:
+                joined.append([])
+                size = 0
+            joined[-1].append(piece)
+            size += len(piece)
+        return Pages(joined)
 
     ids = {request_id for b in group for _, _, request_id in b.ids}
     every_row = all(sum([stop - start for start, stop, _ in b.ids]) == _logged(b) for b in group)

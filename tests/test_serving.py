@@ -36,6 +36,7 @@ from serving.model import InputError, OnnxModel
 from serving.parquet import Column, Constant, Pages, ParquetWriter, is_complete, recover, write_table
 from serving.predictor import INLINE_ROWS, Predictor
 from serving.predlog import PredictionLog
+from serving.protocol import Rows
 from serving.registry import ModelCache, ModelRef
 from serving.settings import Settings
 from tasks.model import ModelConfig, TabularNet, export_onnx
@@ -578,6 +579,40 @@ def test_prediction_log_blocks_keep_every_row_in_order_across_blocks_large_calls
     again = pq.read_table(second)
     assert again.column("distance").to_pylist() == [200.0 + i for i in range(5) for _ in range(100)]
     assert set(again.column("request_id").to_pylist()) == {None} and metrics.log_rows == 3000
+
+
+def test_prediction_log_joins_a_slices_large_calls_into_pages_and_keeps_every_row(tmp_path, onnx_bytes):
+    """Large calls are held as they are, a block each; a slice joins them into pages of up to PAGE_ROWS
+    (strings from JSON and from binary tensors alike): every logged row reads back once, in order."""
+    model = OnnxModel(onnx_bytes, "flights_delay", "7")
+    metrics = Metrics()
+    plog = PredictionLog(tmp_path, sample=1.0, flush_seconds=3600, metrics=metrics)
+    predictor = Predictor(model, None, log=plog)
+    now = datetime.now(UTC).timestamp()
+
+    def json_rows(distance: float, n: int):
+        return predictor.protocol.records(json.dumps({"records": [{**RECORD, "distance": distance}] * n}).encode())[0]
+
+    def binary_rows(distance: float, n: int):  # as the binary tensor extension decodes them: unicode arrays
+        values = {"distance": np.full(n, distance, np.float32), "hour": np.full(n, 7.0, np.float32),
+                  "carrier": np.full(n, "UA"), "origin": np.full(n, "EWR")}
+        return Rows(n, columns=[values[f.name] for f in model.features])
+
+    async def slice_() -> None:
+        for i in range(12):  # 12 x 1,000 rows: more than one page holds
+            rows = json_rows(i, 1000) if i % 2 else binary_rows(i, 1000)
+            requests = [(rows, (now, "x" if i == 4 else None))]
+            if i == 7:  # merged with a request that is not sampled: its rows are left out
+                requests.append((json_rows(-1, 3), None))
+            await asyncio.gather(*(predictor.predict(r, tag) for r, tag in requests))
+
+    asyncio.run(slice_())
+    [path] = plog.flush()
+    table = pq.read_table(path)
+    assert table.column("distance").to_pylist() == [float(i) for i in range(12) for _ in range(1000)]
+    assert table.column("carrier").to_pylist() == ["UA"] * 12_000
+    assert table.column("request_id").to_pylist() == ["x" if i == 4 else None for i in range(12) for _ in range(1000)]
+    assert metrics.log_rows == 12_000
 
 
 def test_a_file_left_open_by_a_dead_writer_is_completed_from_its_journal(tmp_path):
