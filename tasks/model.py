@@ -108,8 +108,8 @@ def export_onnx(net: TabularNet, path: Path, metadata: dict[str, str]) -> onnx.M
     one lookup table of that layer's width; the 1/std of the normalisation goes into the numeric
     weights (the mean is still subtracted first: folded into the bias it cancels catastrophically in
     float32 for a column whose training std is tiny); the missing flags are a second block of rows in
-    the same Gemm. 21 nodes, not the traced graph's 26, with the same answers as torch to ~1e-7
-    (`tasks.evaluate.parity` checks every holdout row before a version can be promoted).
+    the same Gemm. For the flights features: 21 nodes, not the traced graph's 26, with the same answers
+    as torch to ~1e-7 (`tasks.evaluate.parity` checks every holdout row before a version is promoted).
     """
     model = helper.make_model(_graph(net.to("cpu").eval()), ir_version=ONNX_IR_VERSION, producer_name="tasks.model",
                               opset_imports=[helper.make_opsetid("", ONNX_OPSET),
