@@ -5,8 +5,8 @@ block of the log's preallocated columns (BLOCK_ROWS rows; its feeds are views of
 probabilities and request times are copied next to them: nothing is held per call, and a block's
 memory is reused once written. A large call's arrays are held as they are. A writer task on the same
 event loop takes the blocks every tenth of a second and writes them as a row group of the hour's open
-file, a page of one column (a block's slice, no copy) per step, with requests served between them, and
-closes the file every `flush_seconds`, at the turn of the hour and at shutdown:
+file, a page of one column per step (a block's slice as it is, or several blocks joined), with requests
+served between them, and closes the file every `flush_seconds`, at the turn of the hour and at shutdown:
 `<root>/dt=YYYY-MM-DD/hr=HH/part-*.parquet` (UTC, Hive-style partitions). Open files have a dot name
 and are renamed when complete, so readers never see half a file. The production monitoring DAG reads
 the directory as one dataset. Beside each open file, a journal records every row group written: when
@@ -90,22 +90,20 @@ class _Block:
         self.probs[start:stop] = probs
         if None not in tags:  # every request sampled (the default): times and ids unzipped without a loop
             times, ids = zip(*tags, strict=True)
-            if ids.count(None) == len(ids):  # and none with an id
-                self.times[start:stop] = times if counts is None else np.repeat(times, counts)
-                self.rows = max(self.rows, stop)
-                return
+            plain = ids.count(None) == len(ids)  # and none with an id
         else:
-            times = tuple(tag[0] if tag else 0.0 for tag in tags)
+            times, plain = tuple(tag[0] if tag else 0.0 for tag in tags), False
         self.times[start:stop] = times if counts is None else np.repeat(times, counts)
-        at = start  # some requests not sampled, or with ids
-        for n, tag in zip(counts or [1] * len(tags), tags, strict=True):
-            if tag is None:
-                if self.keep is None:
-                    self.keep = np.ones(self.capacity, bool)
-                self.keep[at:at + n] = False
-            elif tag[1] is not None:
-                self.ids.append((at, at + n, tag[1]))
-            at += n
+        if not plain:  # some requests not sampled, or with ids
+            at = start
+            for n, tag in zip(counts or [1] * len(tags), tags, strict=True):
+                if tag is None:
+                    if self.keep is None:
+                        self.keep = np.ones(self.capacity, bool)
+                    self.keep[at:at + n] = False
+                elif tag[1] is not None:
+                    self.ids.append((at, at + n, tag[1]))
+                at += n
         self.rows = max(self.rows, stop)
 
 

@@ -154,10 +154,10 @@ def _graph(net: TabularNet) -> onnx.GraphProto:
                              [f"__{c}_h"], axis=0),
         ]
         addends.append(f"__{c}_h")
-    first = const("__layer1_bias", bias.astype(np.float32))
+    h = const("__layer1_bias", bias.astype(np.float32))  # the first layer's output, built up from here
     if addends:
-        nodes.append(helper.make_node("Sum", [*addends, first], ["__layer1_c"]))
-        first = "__layer1_c"
+        nodes.append(helper.make_node("Sum", [*addends, h], ["__layer1_c"]))
+        h = "__layer1_c"
     if n:
         # The numeric columns stacked as an (n, N) matrix in two nodes; the Gemm reads it transposed.
         rows = np.concatenate([(weight[:, :n] / std).T, weight[:, n:2 * n].T])  # (2n, h)
@@ -170,11 +170,10 @@ def _graph(net: TabularNet) -> onnx.GraphProto:
                              ["__imputed"]),  # missing: the mean, so 0 once centred
             helper.make_node("Cast", ["__missing"], ["__flags"], to=TensorProto.FLOAT),
             helper.make_node("Concat", ["__imputed", "__flags"], ["__layer1_in"], axis=0),
-            helper.make_node("Gemm", ["__layer1_in", const("__layer1", rows.astype(np.float32)), first],
+            helper.make_node("Gemm", ["__layer1_in", const("__layer1", rows.astype(np.float32)), h],
                              ["__layer1_out"], transA=1),
         ]
-        first = "__layer1_out"
-    h = first
+        h = "__layer1_out"
     for i, linear in enumerate(linears[1:], 2):
         with torch.no_grad():
             w, b = linear.weight.float().numpy(), linear.bias.float().numpy()
