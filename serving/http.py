@@ -73,8 +73,9 @@ def header(headers: Headers, name: bytes) -> bytes | None:
     return value
 
 
-@dataclass(slots=True)
-class Request:
+# Request and Reply are made per request: msgspec Structs, whose __init__ is C (~40 ns against a
+# dataclass's ~190 ns generated Python __init__).
+class Request(msgspec.Struct):
     method: str
     path: str
     params: dict[str, str]  # shared between requests: read, never change
@@ -85,8 +86,7 @@ class Request:
         return header(self.headers, name)
 
 
-@dataclass(slots=True)
-class Reply:
+class Reply(msgspec.Struct):
     body: bytes
     status: int = 200
     content_type: bytes = JSON

@@ -173,14 +173,26 @@ def _values(col: Column) -> tuple[Defined, bytes]:
         if packed is not None:
             return True, packed
     values = col.values.tolist() if isinstance(col.values, np.ndarray) else list(col.values)
+    if col.kind == "string":
+        return _plain_strings(values)
     defined: Defined = True
     if None in values:
         defined = np.fromiter((v is not None for v in values), dtype=bool, count=len(values))
         values = [v for v in values if v is not None]
-    if col.kind == "string":  # BYTE_ARRAY's PLAIN encoding: 4-byte length, bytes; each distinct value framed once
-        framed: dict[Any, bytes] = {}
-        return defined, b"".join([framed.get(v) or framed.setdefault(v, _frame(v)) for v in values])
     return defined, np.asarray(values, dtype=_NUMPY[col.kind]).tobytes()
+
+
+def _plain_strings(values: list[Any]) -> tuple[Defined, bytes]:
+    """(defined rows, BYTE_ARRAY's PLAIN encoding of the defined values: 4-byte length, bytes). Logged strings
+    are a few distinct codes: each is framed once, and the values are joined in one pass in C."""
+    distinct = set(values)
+    defined: Defined = True
+    if None in distinct:  # one lookup, not a comparison per value
+        defined = np.fromiter((v is not None for v in values), dtype=bool, count=len(values))
+        values = [v for v in values if v is not None]
+        distinct.discard(None)
+    framed = {v: _frame(v) for v in distinct}
+    return defined, b"".join(map(framed.__getitem__, values))
 
 
 def _plain_one(col: Column) -> bytes:

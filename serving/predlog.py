@@ -52,9 +52,21 @@ SLICE_SECONDS = 0.1  # a slice's row group stays small (~1-2 k rows of 1-row req
 # per column (one page: a writer step's work): one block as it is, several joined.
 BLOCK_ROWS, SMALL_CALL, PAGE_ROWS = 2048, 256, 8192
 FREE_BLOCKS = 8  # written blocks kept for reuse (per process: ~8 x 200 KB)
+# Distinct categorical values the log keeps one object for (see Slot.canonical): more than any vocabulary
+# a model embeds; once a flood of unknown values has filled it, further new values are logged as they came.
+CANONICAL_VALUES = 4096
 # An open file is `.<name>.tmp` beside its journal `.<name>.journal` (each row group's index entry, for
 # completing the file if its process dies); a file being completed by another process is `.<name>.recovering-*`.
 TMP, JOURNAL, CLAIMED = ".tmp", ".journal", ".recovering"
+
+
+class _Canonical(dict[str, str]):
+    """Each categorical value's one shared object: the first one seen, while there is room."""
+
+    def __missing__(self, value: str) -> str:
+        if len(self) < CANONICAL_VALUES:
+            self[value] = value
+        return value
 
 
 class _Block:
@@ -127,6 +139,7 @@ class PredictionLog:
         # id(model) -> the block its small calls go to now (the block holds the model: its id is not reused)
         self._filling: dict[int, _Block] = {}
         self._free: list[_Block] = []  # written blocks, to reuse
+        self._canonical = _Canonical()
         self._pending = 0  # rows logged, not yet taken by the writer
         self._open: dict[tuple[int, int], _OpenFile] = {}  # (hours since epoch, id(model)) -> its open file
         self._writer: asyncio.Task[None] | None = None
@@ -150,7 +163,8 @@ class PredictionLog:
             block = self._filling[id(model)] = self._block(model, hour)
         start = block.rows
         block.rows += rows  # taken now: a release gives it back
-        return Slot(block.numeric[:, start:block.rows], block.strings[:, start:block.rows], block, start)
+        return Slot(block.numeric[:, start:block.rows], block.strings[:, start:block.rows], block, start,
+                    self._canonical)
 
     def release(self, slot: Slot) -> None:
         """The call failed: its rows were the last reserved in their block; they are not logged."""

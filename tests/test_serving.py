@@ -26,7 +26,7 @@ import pytest
 import torch
 from starlette.testclient import TestClient
 
-from serving import binary
+from serving import binary, predlog
 from serving.__main__ import run as serve
 from serving.app import create_app
 from serving.http import header, whole_body
@@ -669,6 +669,32 @@ def test_prediction_log_completes_files_that_a_stopped_process_left_open(tmp_pat
     os.utime(orphan, (old, old))
     assert sibling.recover_orphans() == [] and not orphan.exists()
     assert [p.name for p in orphan.parent.glob(".*")] == [orphan.name.removesuffix(".tmp") + ".unrecoverable"]
+
+
+def test_prediction_log_holds_one_object_per_categorical_value_up_to_a_bound(tmp_path, onnx_bytes, monkeypatch):
+    """The log holds a slice's rows for a tenth of a second: a categorical value is held as one shared object,
+    not as each request's own string (freed with its request); once the bound is reached, new values are
+    held as they came. Every value reads back as it was sent."""
+    monkeypatch.setattr(predlog, "CANONICAL_VALUES", 4)
+    model = OnnxModel(onnx_bytes, "flights_delay", "7")
+    plog = PredictionLog(tmp_path, sample=1.0, flush_seconds=3600, metrics=Metrics())
+    predictor = Predictor(model, None, log=plog)
+    origins = ["EWR", "JFK", "LGA", "EWR", "BOS", "SFO", "BOS"]
+    now = datetime.now(UTC).timestamp()
+
+    def rows(origin: str) -> Rows:
+        return predictor.protocol.records(json.dumps({"records": [{**RECORD, "origin": origin}]}).encode())[0]
+
+    async def one_call() -> None:  # concurrent: one runtime call, logged in place
+        await asyncio.gather(*(predictor.predict(rows(o), (now, None)) for o in origins))
+
+    asyncio.run(one_call())
+    held = plog._filling[id(model)].strings[1, :len(origins)]  # noqa: SLF001 - origin's row of the block
+    assert held[0] is held[3]  # EWR twice: one object
+    assert held[4] is not held[6]  # BOS came after the bound was reached: each request's own
+    assert sorted(plog._canonical) == ["EWR", "JFK", "LGA", "UA"]  # noqa: SLF001 - carrier UA came first
+    [path] = plog.flush()
+    assert pq.read_table(path).column("origin").to_pylist() == origins
 
 
 def test_prediction_log_samples_requests(tmp_path):
