@@ -11,6 +11,8 @@ from typing import Any
 import numpy as np
 import onnxruntime as ort
 
+_OUTPUT = ["probability"]  # the model's output the server reads
+
 
 class InputError(ValueError):
     """The request's data does not fit the model's inputs; the message names the field."""
@@ -38,8 +40,11 @@ class OnnxModel:
             for i in self.session.get_inputs()
         ]
         self.threshold = float(self.metadata.get("threshold", 0.5))
+        # Feature positions by kind, for the batcher's assembly of each call's feeds.
+        self.numeric = [i for i, f in enumerate(self.features) if f.kind == "numeric"]
+        self.categorical = [i for i, f in enumerate(self.features) if f.kind != "numeric"]
         # onnxruntime's Python `run` first re-checks the feed's names against the session's inputs (a few
-        # µs a call, for each of the ~15 inputs), which `predict_columns` builds from those very inputs: its
+        # µs a call, for each of the ~15 inputs), which the feeds are built from: its
         # compiled binding is called directly when the pinned version has it (shapes and types are still
         # checked there).
         binding = getattr(self.session, "_sess", None)
@@ -51,8 +56,11 @@ class OnnxModel:
 
     def predict_columns(self, columns: dict[str, np.ndarray]) -> np.ndarray:
         """Probabilities for raw feature columns (float32 arrays, object arrays of str)."""
-        feeds = {f.name: columns[f.name] for f in self.features}
-        return np.asarray(self._run(["probability"], feeds, None)[0], dtype=np.float32)
+        return self.predict_feeds({f.name: columns[f.name] for f in self.features})
+
+    def predict_feeds(self, feeds: dict[str, np.ndarray]) -> np.ndarray:
+        """Probabilities for `feeds`: one array per model input, by name, and nothing else."""
+        return np.asarray(self._run(_OUTPUT, feeds, None)[0], dtype=np.float32)
 
     def columns_from_records(self, records: list[dict[str, Any]]) -> dict[str, np.ndarray]:
         """JSON records -> feature columns. Missing or null numerics are NaN (the model imputes)."""

@@ -53,7 +53,7 @@ class Slot:
     # The log's one object per distinct categorical value, stored instead of each request's own string:
     # the log holds its rows for a tenth of a second, and ~2,600 requests' own strings held that long cost
     # ~2-3 µs of server CPU per request under load (cache misses); the request's strings are freed at once.
-    canonical: Mapping[str, str]
+    canonical: Mapping[str | None, str]  # and None (missing) to "", the "unknown" category
 
 
 class CallLog(typing.Protocol):
@@ -105,7 +105,7 @@ class Predictor:
     def warm_up(self) -> None:
         """Run the model once on small and batch-sized inputs, so the first requests pay no setup cost."""
         for n in (1, 64):
-            self.model.predict_columns(assemble(self.model.features, [_example_rows(self.model.features, n)]))
+            self.model.predict_feeds(assemble(self.model, [_example_rows(self.model.features, n)]))
 
     async def _drain(self) -> None:
         loop = self._loop
@@ -117,7 +117,8 @@ class Predictor:
             await asyncio.sleep(0)
             while self._queue:
                 jobs, rows = self._take()
-                slot = self._reserve(jobs, rows)
+                tags = None if self._log is None else [j.log for j in jobs]
+                slot = self._reserve(tags, rows)
                 if self._executor is None or rows <= INLINE_ROWS:
                     feeds, probs, alone = self._run(jobs, slot)
                 else:
@@ -128,14 +129,13 @@ class Predictor:
                     continue
                 self._on_batch(rows, len(jobs))
                 one_row_each = rows == len(jobs)  # the common case under load: 1-row requests
-                if self._log is not None:
-                    tags = [j.log for j in jobs]
+                if tags is not None:
                     if one_row_each:
                         counts, logged = None, rows - tags.count(None)
                     else:
                         counts = [j.rows.count for j in jobs]
                         logged = sum([n for n, tag in zip(counts, tags, strict=True) if tag])
-                    if logged:
+                    if logged and self._log is not None:
                         self._log.commit(self.model, slot, feeds, probs, tags, counts, logged)
                 # Each request's rows of the call's probabilities: 1-row requests iterate an (N, 1) view, as
                 # long as `jobs` (not strict: that would run numpy's iterator to its end, which numpy signals
@@ -177,19 +177,19 @@ class Predictor:
         self._queued_rows -= rows
         return jobs, rows
 
-    def _reserve(self, jobs: list[_Job], rows: int) -> Slot | None:
+    def _reserve(self, tags: list[LogTag | None] | None, rows: int) -> Slot | None:
         """The log's room for this call's rows when any of its requests is logged (assembled in place)."""
-        if self._log is None or rows > INLINE_ROWS:
+        if tags is None or self._log is None or rows > INLINE_ROWS:
             return None
-        at = next((j.log[0] for j in jobs if j.log), None)
-        return None if at is None else self._log.reserve(self.model, rows, at)
+        first = next(filter(None, tags), None)
+        return None if first is None else self._log.reserve(self.model, rows, first[0])
 
     def _run(self, jobs: list[_Job], slot: Slot | None) -> _Ran:
         """(feeds, probabilities, None) from one call; when it failed, (None, empty, per request its
         probabilities or error from running alone)."""
         try:
-            feeds = assemble(self.model.features, [j.rows for j in jobs], slot)
-            return feeds, self.model.predict_columns(feeds), None
+            feeds = assemble(self.model, [j.rows for j in jobs], slot)
+            return feeds, self.model.predict_feeds(feeds), None
         except Exception as exc:  # noqa: BLE001 - isolate the request that broke the call
             if slot is not None and self._log is not None:
                 self._log.release(slot)
@@ -211,11 +211,10 @@ def _slices(probs: np.ndarray, jobs: list[_Job]) -> list[np.ndarray]:
     return out
 
 
-def assemble(features: list[Feature], parts: list[Rows], slot: Slot | None = None) -> dict[str, np.ndarray]:
+def assemble(model: OnnxModel, parts: list[Rows], slot: Slot | None = None) -> dict[str, np.ndarray]:
     """The runtime's feeds for several requests' rows: float32 numerics (missing = NaN), string categoricals;
     with a `slot`, assembled in its arrays (the feeds are views of them)."""
-    numeric = [i for i, f in enumerate(features) if f.kind == "numeric"]
-    categorical = [i for i, f in enumerate(features) if f.kind != "numeric"]
+    features, numeric, categorical = model.features, model.numeric, model.categorical
     records = [p.records for p in parts]
     if None not in records:  # JSON records: transpose all rows at once
         columns: list[Values] = list(zip(*chain.from_iterable(records), strict=True))  # type: ignore[arg-type]
@@ -228,7 +227,7 @@ def assemble(features: list[Feature], parts: list[Rows], slot: Slot | None = Non
         feeds = {features[i].name: row for i, row in zip(numeric, matrix, strict=False)}  # not strict: see _drain
         for k, i in enumerate(categorical):
             feeds[features[i].name] = (_strings([columns[i]]) if slot is None else
-                                       _strings([columns[i]], slot.strings[k], slot.canonical))
+                                       _strings_into([columns[i]], slot.strings[k], slot.canonical))
         return feeds
     per_part = [p.feature_columns() for p in parts]
     if slot is None:
@@ -239,8 +238,16 @@ def assemble(features: list[Feature], parts: list[Rows], slot: Slot | None = Non
         slot.numeric[k] = _floats([c[i] for c in per_part])
         feeds[features[i].name] = slot.numeric[k]
     for k, i in enumerate(categorical):
-        feeds[features[i].name] = _strings([c[i] for c in per_part], slot.strings[k], slot.canonical)
+        feeds[features[i].name] = _strings_into([c[i] for c in per_part], slot.strings[k], slot.canonical)
     return {f.name: feeds[f.name] for f in features}
+
+
+def _strings_into(parts: list[Values], out: np.ndarray, canonical: Mapping[str | None, str]) -> np.ndarray:
+    """One categorical feature's values written into `out` (a slot's row), each as `canonical`'s object for
+    it, which is "" (the "unknown" category) for a missing one."""
+    joined = chain.from_iterable(p.tolist() if isinstance(p, np.ndarray) else p for p in parts)
+    out[...] = list(map(canonical.__getitem__, joined))
+    return out
 
 
 def _floats(parts: list[Values]) -> np.ndarray:
@@ -251,19 +258,13 @@ def _floats(parts: list[Values]) -> np.ndarray:
     return np.concatenate([np.asarray(c, dtype=np.float32) for c in parts])
 
 
-def _strings(parts: list[Values], out: np.ndarray | None = None,
-             canonical: Mapping[str, str] | None = None) -> np.ndarray:
-    """One categorical feature's values as one array (missing = ""), or written into `out` (a slot's row),
-    each value as `canonical`'s object for it."""
+def _strings(parts: list[Values]) -> np.ndarray:
+    """One categorical feature's values as one array (missing = "")."""
     arrays: list[Values] = []
     for values in parts:
         if not isinstance(values, np.ndarray) and None in values:  # missing: the "unknown" category
             values = ["" if v is None else v for v in values]
         arrays.append(values)  # binary BYTES arrive as arrays of strings, never missing
-    if out is not None:
-        joined = chain.from_iterable(a.tolist() if isinstance(a, np.ndarray) else a for a in arrays)
-        out[...] = list(joined if canonical is None else map(canonical.__getitem__, joined))
-        return out
     if len(arrays) == 1:
         return arrays[0] if isinstance(arrays[0], np.ndarray) else np.array(arrays[0], dtype=object)
     return np.concatenate([np.asarray(a, dtype=object) if not isinstance(a, np.ndarray) else a for a in arrays])

@@ -60,8 +60,12 @@ CANONICAL_VALUES = 4096
 TMP, JOURNAL, CLAIMED = ".tmp", ".journal", ".recovering"
 
 
-class _Canonical(dict[str, str]):
-    """Each categorical value's one shared object: the first one seen, while there is room."""
+class _Canonical(dict[str | None, str]):
+    """Each categorical value's one shared object: the first one seen, while there is room; a missing value
+    (None) is "", the "unknown" category the runtime sees."""
+
+    def __init__(self) -> None:
+        super().__init__({None: ""})
 
     def __missing__(self, value: str) -> str:
         if len(self) < CANONICAL_VALUES:

@@ -430,13 +430,13 @@ def test_small_calls_run_on_the_event_loop_and_large_ones_on_the_runtime_thread(
     # A call of more than INLINE_ROWS rows would hold the loop for milliseconds: health checks and
     # scrapes must go on meanwhile. Smaller ones are cheaper than the hand-off.
     model = OnnxModel(onnx_bytes, "flights_delay", "7")
-    run, threads = model.predict_columns, []
+    run, threads = model.predict_feeds, []
 
     def traced(columns):
         threads.append((len(next(iter(columns.values()))), threading.current_thread().name))
         return run(columns)
 
-    model.predict_columns = traced  # type: ignore[method-assign]
+    model.predict_feeds = traced  # type: ignore[method-assign]
     predictor = Predictor(model, ThreadPoolExecutor(1, thread_name_prefix="onnxruntime"), max_batch_rows=INLINE_ROWS)
     small, large = ({"records": [RECORD] * n} for n in (INLINE_ROWS, INLINE_ROWS + 1))
 
@@ -451,14 +451,14 @@ def test_small_calls_run_on_the_event_loop_and_large_ones_on_the_runtime_thread(
 
 def test_a_failing_runtime_call_fails_only_the_request_that_broke_it(onnx_bytes):
     model = OnnxModel(onnx_bytes, "flights_delay", "7")
-    run = model.predict_columns
+    run = model.predict_feeds
 
     def fragile(columns):
         if "BOOM" in columns["origin"]:
             raise RuntimeError("the runtime refused")
         return run(columns)
 
-    model.predict_columns = fragile  # type: ignore[method-assign]
+    model.predict_feeds = fragile  # type: ignore[method-assign]
     predictor = Predictor(model, None)
     bodies = [{"records": [{**RECORD, "origin": "BOOM" if i == 3 else "EWR"}]} for i in range(8)]
 
@@ -535,14 +535,14 @@ def test_prediction_log_blocks_keep_every_row_in_order_across_blocks_large_calls
     every logged row reads back once, in order, with its own values, whichever path it took; a call that
     failed logs nothing; a reused block carries nothing over (ids, unsampled rows) from its last slice."""
     model = OnnxModel(onnx_bytes, "flights_delay", "7")
-    run = model.predict_columns
+    run = model.predict_feeds
 
     def fragile(columns):  # the runtime refusing a call cannot be produced on demand: a stand-in for it
         if "BOOM" in columns["origin"]:
             raise RuntimeError("the runtime refused")
         return run(columns)
 
-    model.predict_columns = fragile  # type: ignore[method-assign]
+    model.predict_feeds = fragile  # type: ignore[method-assign]
     metrics = Metrics()
     plog = PredictionLog(tmp_path, sample=1.0, flush_seconds=3600, metrics=metrics)
     predictor = Predictor(model, None, log=plog)
@@ -675,14 +675,14 @@ def test_prediction_log_holds_one_object_per_categorical_value_up_to_a_bound(tmp
     """The log holds a slice's rows for a tenth of a second: a categorical value is held as one shared object,
     not as each request's own string (freed with its request); once the bound is reached, new values are
     held as they came. Every value reads back as it was sent."""
-    monkeypatch.setattr(predlog, "CANONICAL_VALUES", 4)
+    monkeypatch.setattr(predlog, "CANONICAL_VALUES", 5)
     model = OnnxModel(onnx_bytes, "flights_delay", "7")
     plog = PredictionLog(tmp_path, sample=1.0, flush_seconds=3600, metrics=Metrics())
     predictor = Predictor(model, None, log=plog)
-    origins = ["EWR", "JFK", "LGA", "EWR", "BOS", "SFO", "BOS"]
+    origins = ["EWR", "JFK", "LGA", "EWR", "BOS", "SFO", "BOS", None]
     now = datetime.now(UTC).timestamp()
 
-    def rows(origin: str) -> Rows:
+    def rows(origin: str | None) -> Rows:
         return predictor.protocol.records(json.dumps({"records": [{**RECORD, "origin": origin}]}).encode())[0]
 
     async def one_call() -> None:  # concurrent: one runtime call, logged in place
@@ -692,9 +692,9 @@ def test_prediction_log_holds_one_object_per_categorical_value_up_to_a_bound(tmp
     held = plog._filling[id(model)].strings[1, :len(origins)]  # noqa: SLF001 - origin's row of the block
     assert held[0] is held[3]  # EWR twice: one object
     assert held[4] is not held[6]  # BOS came after the bound was reached: each request's own
-    assert sorted(plog._canonical) == ["EWR", "JFK", "LGA", "UA"]  # noqa: SLF001 - carrier UA came first
+    assert set(plog._canonical) == {None, "UA", "EWR", "JFK", "LGA"}  # noqa: SLF001 - None: missing; carrier UA first
     [path] = plog.flush()
-    assert pq.read_table(path).column("origin").to_pylist() == origins
+    assert pq.read_table(path).column("origin").to_pylist() == [*origins[:-1], ""]  # missing: the unknown category
 
 
 def test_prediction_log_samples_requests(tmp_path):
