@@ -52,9 +52,10 @@ SLICE_SECONDS = 0.1  # a slice's row group stays small (~1-2 k rows of 1-row req
 # per column (one page: a writer step's work): one block as it is, several joined.
 BLOCK_ROWS, SMALL_CALL, PAGE_ROWS = 2048, 256, 8192
 FREE_BLOCKS = 8  # written blocks kept for reuse (per process: ~8 x 200 KB)
-# Distinct categorical values the log keeps one object for (see Slot.canonical): more than any vocabulary
-# a model embeds; once a flood of unknown values has filled it, further new values are logged as they came.
-CANONICAL_VALUES = 4096
+# Distinct categorical values the log keeps one object for (see Slot.canonical), and their longest: more
+# than any vocabulary of codes a model embeds; once a flood of unknown values has filled it, further new
+# values are logged as they came, and so is a longer value (kept for good, it would pin its memory).
+CANONICAL_VALUES, CANONICAL_LENGTH = 4096, 64
 # An open file is `.<name>.tmp` beside its journal `.<name>.journal` (each row group's index entry, for
 # completing the file if its process dies); a file being completed by another process is `.<name>.recovering-*`.
 TMP, JOURNAL, CLAIMED = ".tmp", ".journal", ".recovering"
@@ -68,7 +69,7 @@ class _Canonical(dict[str | None, str]):
         super().__init__({None: ""})
 
     def __missing__(self, value: str) -> str:
-        if len(self) < CANONICAL_VALUES:
+        if len(self) < CANONICAL_VALUES and len(value) <= CANONICAL_LENGTH:
             self[value] = value
         return value
 

@@ -674,12 +674,12 @@ def test_prediction_log_completes_files_that_a_stopped_process_left_open(tmp_pat
 def test_prediction_log_holds_one_object_per_categorical_value_up_to_a_bound(tmp_path, onnx_bytes, monkeypatch):
     """The log holds a slice's rows for a tenth of a second: a categorical value is held as one shared object,
     not as each request's own string (freed with its request); once the bound is reached, new values are
-    held as they came. Every value reads back as it was sent."""
+    held as they came, and so is a long value at any time. Every value reads back as it was sent."""
     monkeypatch.setattr(predlog, "CANONICAL_VALUES", 5)
     model = OnnxModel(onnx_bytes, "flights_delay", "7")
     plog = PredictionLog(tmp_path, sample=1.0, flush_seconds=3600, metrics=Metrics())
     predictor = Predictor(model, None, log=plog)
-    origins = ["EWR", "JFK", "LGA", "EWR", "BOS", "SFO", "BOS", None]
+    origins = ["X" * 65, "EWR", "JFK", "LGA", "EWR", "BOS", "SFO", "BOS", None]  # first: over CANONICAL_LENGTH
     now = datetime.now(UTC).timestamp()
 
     def rows(origin: str | None) -> Rows:
@@ -690,8 +690,8 @@ def test_prediction_log_holds_one_object_per_categorical_value_up_to_a_bound(tmp
 
     asyncio.run(one_call())
     held = plog._filling[id(model)].strings[1, :len(origins)]  # noqa: SLF001 - origin's row of the block
-    assert held[0] is held[3]  # EWR twice: one object
-    assert held[4] is not held[6]  # BOS came after the bound was reached: each request's own
+    assert held[1] is held[4]  # EWR twice: one object
+    assert held[5] is not held[7]  # BOS came after the bound was reached: each request's own
     assert set(plog._canonical) == {None, "UA", "EWR", "JFK", "LGA"}  # noqa: SLF001 - None: missing; carrier UA first
     [path] = plog.flush()
     assert pq.read_table(path).column("origin").to_pylist() == [*origins[:-1], ""]  # missing: the unknown category
