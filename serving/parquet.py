@@ -25,7 +25,7 @@ import numpy as np
 _BOOLEAN, _INT64, _FLOAT, _DOUBLE, _BYTE_ARRAY = 0, 2, 4, 5, 6
 _OPTIONAL = 1
 _UTF8, _TIMESTAMP_MICROS = 0, 10
-_PLAIN, _RLE, _RLE_DICTIONARY = 0, 3, 8
+_PLAIN, _RLE, _DELTA_LENGTH_BYTE_ARRAY, _RLE_DICTIONARY = 0, 3, 6, 8
 _DATA_PAGE, _DICTIONARY_PAGE = 0, 2
 _UNCOMPRESSED, _GZIP = 0, 2
 # Floats (features, probabilities) are near-random bytes: gzip saves little on them and was ~60 % of the
@@ -155,44 +155,59 @@ class _Struct:
 Defined = np.ndarray | bool  # per-row mask, or True / False: every row / no row
 
 
-def _values(col: Column) -> tuple[Defined, bytes]:
-    """(defined rows, PLAIN encoding of the defined values). Float kinds: None and NaN are null."""
+def _values(col: Column) -> tuple[Defined, int, bytes]:
+    """(defined rows, encoding, the defined values in it): PLAIN, or DELTA_LENGTH_BYTE_ARRAY for strings that
+    are all one length. Float kinds: None and NaN are null."""
     if isinstance(col.values, Constant):  # null in every row (one value in every row is a dictionary: _pages)
-        return False, b""
+        return False, _PLAIN, b""
     assert not isinstance(col.values, Pages), "_pages encodes a Pages column one joined group at a time"
     if col.kind in ("float32", "float64"):
         floats = np.asarray(col.values, dtype=_NUMPY[col.kind])
         nan = np.isnan(floats)
         if not nan.any():  # the common case: no copy, no mask
-            return True, floats.tobytes()
-        return ~nan, floats[~nan].tobytes()
+            return True, _PLAIN, floats.tobytes()
+        return ~nan, _PLAIN, floats[~nan].tobytes()
     if isinstance(col.values, np.ndarray) and col.kind != "string":
-        return True, col.values.astype(_NUMPY[col.kind]).tobytes()
+        return True, _PLAIN, col.values.astype(_NUMPY[col.kind]).tobytes()
     if col.kind == "string" and isinstance(col.values, np.ndarray) and col.values.dtype.kind == "U":
-        packed = _frame_array(col.values)
-        if packed is not None:
-            return True, packed
+        encoded = _encode_array(col.values)
+        if encoded is not None:
+            return (True, *encoded)
     values = col.values.tolist() if isinstance(col.values, np.ndarray) else list(col.values)
     if col.kind == "string":
-        return _plain_strings(values)
+        return _encode_strings(values)
     defined: Defined = True
     if None in values:
         defined = np.fromiter((v is not None for v in values), dtype=bool, count=len(values))
         values = [v for v in values if v is not None]
-    return defined, np.asarray(values, dtype=_NUMPY[col.kind]).tobytes()
+    return defined, _PLAIN, np.asarray(values, dtype=_NUMPY[col.kind]).tobytes()
 
 
-def _plain_strings(values: list[Any]) -> tuple[Defined, bytes]:
-    """(defined rows, BYTE_ARRAY's PLAIN encoding of the defined values: 4-byte length, bytes). Logged strings
-    are a few distinct codes: each is framed once, and the values are joined in one pass in C."""
+def _encode_strings(values: list[Any]) -> tuple[Defined, int, bytes]:
+    """(defined rows, encoding, the defined values in it). Logged strings are a few distinct codes, each
+    encoded once and joined in one pass in C; codes of one length (airports, carriers) need no length per
+    value (DELTA_LENGTH_BYTE_ARRAY), which halves what gzip reads."""
     distinct = set(values)
     defined: Defined = True
     if None in distinct:  # one lookup, not a comparison per value
         defined = np.fromiter((v is not None for v in values), dtype=bool, count=len(values))
         values = [v for v in values if v is not None]
         distinct.discard(None)
-    framed = {v: _frame(v) for v in distinct}
-    return defined, b"".join(map(framed.__getitem__, values))
+    encoded = {v: v.encode() if isinstance(v, str) else bytes(v) for v in distinct}
+    lengths = {len(b) for b in encoded.values()}
+    if len(lengths) == 1:
+        return defined, _DELTA_LENGTH_BYTE_ARRAY, _same_lengths(len(values), lengths.pop()) + b"".join(
+            map(encoded.__getitem__, values))
+    framed = {v: struct.pack("<I", len(b)) + b for v, b in encoded.items()}
+    return defined, _PLAIN, b"".join(map(framed.__getitem__, values))
+
+
+def _same_lengths(count: int, length: int) -> bytes:
+    """DELTA_BINARY_PACKED of `count` (>= 1) equal lengths, the lengths part of DELTA_LENGTH_BYTE_ARRAY: the
+    header (blocks of 128 deltas in 4 miniblocks, the count, the first value), then per block a minimum
+    delta of 0 and four bit widths of 0, so no packed bits."""
+    return (_varint(128) + _varint(4) + _varint(count) + _zigzag(length)
+            + b"\x00\x00\x00\x00\x00" * ((count - 1 + 127) // 128))
 
 
 def _plain_one(col: Column) -> bytes:
@@ -203,11 +218,11 @@ def _plain_one(col: Column) -> bytes:
     return np.asarray([col.values.value], _NUMPY[col.kind]).tobytes()
 
 
-def _frame_array(strings: np.ndarray) -> bytes | None:
-    """PLAIN framing of a unicode array without a Python loop, when every string is ASCII (codes like "JFK").
-
-    Each string becomes its 4-byte length and its bytes: one (rows, 4 + width) byte matrix, with the
-    padding of shorter strings masked out. None when a string is not ASCII (the caller's loop encodes it).
+def _encode_array(strings: np.ndarray) -> tuple[int, bytes] | None:
+    """(encoding, values) of a unicode array without a Python loop, when every string is ASCII (codes like
+    "JFK"): all of the array's width, DELTA_LENGTH_BYTE_ARRAY (the lengths once, then the bytes); else PLAIN,
+    each string its 4-byte length and its bytes, one (rows, 4 + width) byte matrix with the padding of
+    shorter strings masked out. None when a string is not ASCII (the caller's loop encodes it).
     """
     rows, width = len(strings), strings.dtype.itemsize // 4
     if not rows or not width:
@@ -216,12 +231,12 @@ def _frame_array(strings: np.ndarray) -> bytes | None:
     if (codes >= 128).any():
         return None
     lengths = np.char.str_len(strings).astype("<u4")
+    if (lengths == width).all():
+        return _DELTA_LENGTH_BYTE_ARRAY, _same_lengths(rows, width) + codes.astype(np.uint8).tobytes()
     cells = np.empty((rows, 4 + width), dtype=np.uint8)
     cells[:, :4] = lengths.view(np.uint8).reshape(rows, 4)
     cells[:, 4:] = codes
-    if (lengths == width).all():
-        return cells.tobytes()
-    return cells[np.arange(4 + width) < (lengths[:, None] + 4)].tobytes()
+    return _PLAIN, cells[np.arange(4 + width) < (lengths[:, None] + 4)].tobytes()
 
 
 def _frame(value: str | bytes) -> bytes:
@@ -248,18 +263,19 @@ def _levels(defined: Defined, rows: int) -> bytes:
     return struct.pack("<I", len(levels)) + levels
 
 
-def _pages(col: Column) -> Iterator[tuple[bytes, int, bool]]:
-    """The column chunk's pages, each with its uncompressed size and whether it is a dictionary page: data
-    pages of levels and PLAIN values (gzip unless floats), or a dictionary page and a data page of indices."""
+def _pages(col: Column) -> Iterator[tuple[bytes, int, bool, int]]:
+    """The column chunk's pages, each with its uncompressed size, whether it is a dictionary page and its
+    values' encoding: data pages of levels and values (gzip unless floats), or a dictionary page and a data
+    page of indices."""
     rows = len(col.values)
     if _dictionary(col):
         entry = _plain_one(col)
         header = _Struct().i32(1, _DICTIONARY_PAGE).i32(2, len(entry)).i32(3, len(entry)).struct(
             7, _Struct().i32(1, 1).i32(2, _PLAIN)).end()
-        yield header + entry, len(header) + len(entry), True
+        yield header + entry, len(header) + len(entry), True, _PLAIN
         raw = _levels(True, rows) + b"\x01" + _varint(rows << 1) + b"\x00"  # bit width 1, one run of index 0
         data = _data_page(rows, _RLE_DICTIONARY, raw, raw)
-        yield data, len(data), False
+        yield data, len(data), False, _RLE_DICTIONARY
         return
     groups: list[list[Any]] = col.values.groups if isinstance(col.values, Pages) else [[col.values]]  # one page
     for group in groups or [[[]]]:
@@ -274,15 +290,15 @@ def _join(pieces: list[Values]) -> Values:
     return list(chain.from_iterable(pieces))
 
 
-def _plain_page(col: Column) -> tuple[bytes, int, bool]:
-    defined, values = _values(col)
+def _plain_page(col: Column) -> tuple[bytes, int, bool, int]:
+    defined, encoding, values = _values(col)
     raw = _levels(defined, len(col.values)) + values
     stored = raw
     if _codec(col) == _GZIP:
         packer = zlib.compressobj(1, zlib.DEFLATED, 31)  # wbits 31: the gzip container Parquet's GZIP means
         stored = packer.compress(raw) + packer.flush()
-    data = _data_page(len(col.values), _PLAIN, raw, stored)
-    return data, len(data) - len(stored) + len(raw), False
+    data = _data_page(len(col.values), encoding, raw, stored)
+    return data, len(data) - len(stored) + len(raw), False, encoding
 
 
 def _data_page(rows: int, encoding: int, raw: bytes, stored: bytes) -> bytes:
@@ -346,8 +362,10 @@ class ParquetWriter:
         chunks, total = [], 0
         for col in columns:
             start, uncompressed, dictionary, data_at = self._offset, 0, False, -1
-            for page, size, is_dictionary in _pages(col):
+            encodings = {_RLE}  # the levels'; and each page's values'
+            for page, size, is_dictionary, encoding in _pages(col):
                 dictionary |= is_dictionary
+                encodings.add(encoding)
                 if data_at < 0 and not is_dictionary:
                     data_at = self._offset
                 self._file.write(page)
@@ -355,7 +373,7 @@ class ParquetWriter:
                 uncompressed += size
                 yield
             meta = (_Struct().i32(1, _PHYSICAL[col.kind])
-                    .list(2, _T_I32, [_PLAIN, _RLE, _RLE_DICTIONARY] if dictionary else [_PLAIN, _RLE])
+                    .list(2, _T_I32, sorted(encodings))
                     .list(3, _T_BINARY, [col.name]).i32(4, _codec(col)).i64(5, rows).i64(6, uncompressed)
                     .i64(7, self._offset - start).i64(9, data_at))
             if dictionary:
