@@ -740,28 +740,29 @@ def test_parquet_constant_and_complete_columns_read_back_in_pyarrow_and_duckdb(t
 def test_parquet_strings_of_one_length_are_stored_without_a_length_each_and_read_back(tmp_path):
     """Codes of one length (airports, carriers) are stored as DELTA_LENGTH_BYTE_ARRAY: the lengths once,
     then the bytes. Unicode arrays (binary tensors) and lists (JSON) alike, with nulls, at 1, 128 and 129
-    values (the lengths' blocks hold 128), next to strings of one length in characters but not in UTF-8
-    bytes (PLAIN)."""
+    values (the lengths' blocks hold 128), and empty strings (a page of missing categories), next to strings
+    of one length in characters but not in UTF-8 bytes (PLAIN)."""
     import duckdb
 
     path = tmp_path / "d.parquet"
-    schema = [("codes", "string"), ("listed", "string"), ("mixed", "string")]
+    schema = [("codes", "string"), ("listed", "string"), ("empty", "string"), ("mixed", "string")]
     writer = ParquetWriter(path, schema)
-    expected: dict[str, list[str | None]] = {"codes": [], "listed": [], "mixed": []}
+    expected: dict[str, list[str | None]] = {"codes": [], "listed": [], "empty": [], "mixed": []}
     for n in (1, 128, 129, 1000):
         array = np.array([("JFK", "LGA", "EWR")[i % 3] for i in range(n)])
         listed = [None if i % 7 == 3 else ("UA", "B6")[i % 2] for i in range(n)]
+        empty = [None if i % 5 == 1 else "" for i in range(n)]
         mixed = [("UA", "é9")[i % 2] for i in range(n)]  # "é9": 2 characters, 3 bytes of UTF-8
         writer.write([Column("codes", "string", array), Column("listed", "string", listed),
-                      Column("mixed", "string", mixed)])
-        for name, values in zip(expected, (array.tolist(), listed, mixed), strict=True):
+                      Column("empty", "string", empty), Column("mixed", "string", mixed)])
+        for name, values in zip(expected, (array.tolist(), listed, empty, mixed), strict=True):
             expected[name] += values
     writer.close()
     assert pq.read_table(path).to_pydict() == expected
-    got = duckdb.connect().execute(f"SELECT codes, listed, mixed FROM read_parquet('{path}')").fetchall()
+    got = duckdb.connect().execute(f"SELECT codes, listed, empty, mixed FROM read_parquet('{path}')").fetchall()
     assert [list(col) for col in zip(*got, strict=True)] == list(expected.values())
     meta = pq.read_metadata(path).row_group(3)
-    assert [("DELTA_LENGTH_BYTE_ARRAY" in meta.column(i).encodings) for i in range(3)] == [True, True, False]
+    assert [("DELTA_LENGTH_BYTE_ARRAY" in meta.column(i).encodings) for i in range(4)] == [True, True, True, False]
 
 
 def test_parquet_columns_written_page_by_page_read_back_in_pyarrow_and_duckdb(tmp_path):
