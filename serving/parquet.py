@@ -198,7 +198,7 @@ def _encode_strings(values: list[Any]) -> tuple[Defined, int, bytes]:
     if len(lengths) == 1:
         return defined, _DELTA_LENGTH_BYTE_ARRAY, _same_lengths(len(values), lengths.pop()) + b"".join(
             map(encoded.__getitem__, values))
-    framed = {v: struct.pack("<I", len(b)) + b for v, b in encoded.items()}
+    framed = {v: _frame(b) for v, b in encoded.items()}
     return defined, _PLAIN, b"".join(map(framed.__getitem__, values))
 
 

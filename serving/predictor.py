@@ -52,7 +52,7 @@ class Slot:
     start: int
     # The log's one object per distinct categorical value, stored instead of each request's own string:
     # the log holds its rows for a tenth of a second, and ~2,600 requests' own strings held that long cost
-    # ~2-3 µs of server CPU per request under load (cache misses); the request's strings are freed at once.
+    # ~2 µs of server CPU per request under load (cache misses); the request's strings are freed at once.
     canonical: Mapping[str | None, str]  # and None (missing) to "", the "unknown" category
 
 
@@ -108,7 +108,7 @@ class Predictor:
             self.model.predict_feeds(assemble(self.model, [_example_rows(self.model.features, n)]))
 
     async def _drain(self) -> None:
-        loop = self._loop
+        loop, log = self._loop, self._log
         assert loop is not None
         try:
             # One more turn of the loop first: requests whose bytes have already arrived are parsed and
@@ -117,8 +117,8 @@ class Predictor:
             await asyncio.sleep(0)
             while self._queue:
                 jobs, rows = self._take()
-                tags = None if self._log is None else [j.log for j in jobs]
-                slot = self._reserve(tags, rows)
+                tags = [j.log for j in jobs] if log is not None else []
+                slot = self._reserve(log, tags, rows) if log is not None else None
                 if self._executor is None or rows <= INLINE_ROWS:
                     feeds, probs, alone = self._run(jobs, slot)
                 else:
@@ -129,14 +129,14 @@ class Predictor:
                     continue
                 self._on_batch(rows, len(jobs))
                 one_row_each = rows == len(jobs)  # the common case under load: 1-row requests
-                if tags is not None:
+                if log is not None:
                     if one_row_each:
                         counts, logged = None, rows - tags.count(None)
                     else:
                         counts = [j.rows.count for j in jobs]
                         logged = sum([n for n, tag in zip(counts, tags, strict=True) if tag])
-                    if logged and self._log is not None:
-                        self._log.commit(self.model, slot, feeds, probs, tags, counts, logged)
+                    if logged:
+                        log.commit(self.model, slot, feeds, probs, tags, counts, logged)
                 # Each request's rows of the call's probabilities: 1-row requests iterate an (N, 1) view, as
                 # long as `jobs` (not strict: that would run numpy's iterator to its end, which numpy signals
                 # with a formatted IndexError, ~5 k instructions).
@@ -177,12 +177,12 @@ class Predictor:
         self._queued_rows -= rows
         return jobs, rows
 
-    def _reserve(self, tags: list[LogTag | None] | None, rows: int) -> Slot | None:
+    def _reserve(self, log: CallLog, tags: list[LogTag | None], rows: int) -> Slot | None:
         """The log's room for this call's rows when any of its requests is logged (assembled in place)."""
-        if tags is None or self._log is None or rows > INLINE_ROWS:
+        if rows > INLINE_ROWS:
             return None
         first = next(filter(None, tags), None)
-        return None if first is None else self._log.reserve(self.model, rows, first[0])
+        return None if first is None else log.reserve(self.model, rows, first[0])
 
     def _run(self, jobs: list[_Job], slot: Slot | None) -> _Ran:
         """(feeds, probabilities, None) from one call; when it failed, (None, empty, per request its
