@@ -23,7 +23,7 @@ def numbers(blob: bytes | memoryview, datatype: str, count: int, where: str) -> 
                          f"{count * dtype.itemsize}")
     values = np.frombuffer(blob, dtype).astype(np.float32, copy=False)
     # The sum is finite when no value is infinite or NaN (it may overflow too): only then look closer.
-    if not math.isfinite(values.sum()) and np.isinf(values).any():
+    if not math.isfinite(np.add.reduce(values)) and np.isinf(values).any():
         raise InputError(f"{where}[{int(np.flatnonzero(np.isinf(values))[0])}]: infinite or out of FP32 range")
     return values
 

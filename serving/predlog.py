@@ -39,7 +39,7 @@ import numpy as np
 
 from serving.metrics import Metrics
 from serving.model import OnnxModel
-from serving.parquet import Column, Constant, Pages, ParquetWriter, Values, is_complete, recover
+from serving.parquet import Column, Constant, Flags, Pages, ParquetWriter, Values, is_complete, recover
 from serving.predictor import LogTag, Slot
 
 log = logging.getLogger("serving.predlog")
@@ -390,7 +390,7 @@ def _columns(group: list[_Block], rows: int) -> list[Column]:
                  "float32" if f.kind == "numeric" else "string", pages([b.columns[i] for b in group]))
           for i, f in enumerate(model.features)),
         Column("probability", "float32", pages([b.probs for b in group])),
-        Column("label", "int64", pages([(b.probs[:b.rows] >= model.threshold).astype(np.int64) for b in group])),
+        Column("label", "int64", Flags(pages([b.probs[:b.rows] >= model.threshold for b in group]))),
     ]
 
 

@@ -33,7 +33,7 @@ from serving.http import header, whole_body
 from serving.listen import OwnListener, bind_reuseport
 from serving.metrics import FOLD_EVERY, Metrics
 from serving.model import InputError, OnnxModel
-from serving.parquet import Column, Constant, Pages, ParquetWriter, is_complete, recover, write_table
+from serving.parquet import Column, Constant, Flags, Pages, ParquetWriter, is_complete, recover, write_table
 from serving.predictor import INLINE_ROWS, Predictor
 from serving.predlog import PredictionLog
 from serving.protocol import Rows
@@ -735,6 +735,29 @@ def test_parquet_constant_and_complete_columns_read_back_in_pyarrow_and_duckdb(t
     assert pq.read_table(path).to_pydict() == expected
     got = duckdb.connect().execute(f"SELECT name, n, none, f FROM read_parquet('{path}')").fetchall()
     assert [list(col) for col in zip(*got, strict=True)] == list(expected.values())
+
+
+def test_parquet_labels_are_stored_as_one_bit_a_row_and_read_back_as_int64(tmp_path):
+    """Flags (the log's label) are the dictionary [0, 1] and bit-packed indices, uncompressed: pages of 1, 8,
+    13 and 1,000 rows (bits pack in groups of 8; a short last group is padded), over two row groups."""
+    import duckdb
+
+    rng = np.random.default_rng(7)
+    pages = [[rng.random(1) < 0.5, rng.random(8) < 0.5], [rng.random(13) < 0.5], [rng.random(1000) < 0.3]]
+    path = tmp_path / "l.parquet"
+    writer = ParquetWriter(path, [("label", "int64"), ("n", "int64")])
+    for _ in range(2):
+        rows = sum(len(piece) for group in pages for piece in group)
+        writer.write([Column("label", "int64", Flags(Pages(pages))), Column("n", "int64", np.arange(rows))])
+    writer.close()
+    expected = [int(v) for group in pages for piece in group for v in piece] * 2
+    table = pq.read_table(path)
+    assert table.schema.field("label").type == "int64" and table.column("label").to_pylist() == expected
+    got = duckdb.connect().execute(f"SELECT label FROM read_parquet('{path}')").fetchall()
+    assert [v for (v,) in got] == expected
+    chunk = pq.read_metadata(path).row_group(1).column(0)
+    assert chunk.has_dictionary_page and "RLE_DICTIONARY" in chunk.encodings and chunk.compression == "UNCOMPRESSED"
+    assert chunk.total_compressed_size < 400  # 1,022 rows: 128 bytes of bits, not 8 KB of int64
 
 
 def test_parquet_strings_of_one_length_are_stored_without_a_length_each_and_read_back(tmp_path):
