@@ -173,7 +173,7 @@ def _values(col: Column) -> tuple[Defined, int, bytes]:
     are all one length. Float kinds: None and NaN are null."""
     if isinstance(col.values, Constant):  # null in every row (one value in every row is a dictionary: _pages)
         return False, _PLAIN, b""
-    assert not isinstance(col.values, Pages), "_pages encodes a Pages column one joined group at a time"
+    assert not isinstance(col.values, Pages | Flags), "_pages encodes Pages and Flags one joined group at a time"
     if col.kind in ("float32", "float64"):
         floats = np.asarray(col.values, dtype=_NUMPY[col.kind])
         nan = np.isnan(floats)
