@@ -757,7 +757,7 @@ def test_parquet_labels_are_stored_as_one_bit_a_row_and_read_back_as_int64(tmp_p
     assert [v for (v,) in got] == expected
     chunk = pq.read_metadata(path).row_group(1).column(0)
     assert chunk.has_dictionary_page and "RLE_DICTIONARY" in chunk.encodings and chunk.compression == "UNCOMPRESSED"
-    assert chunk.total_compressed_size < 400  # 1,022 rows: 128 bytes of bits, not 8 KB of int64
+    assert chunk.total_compressed_size < 400  # 1,022 rows: 129 bytes of bits, not 8 KB of int64
 
 
 def test_parquet_strings_of_one_length_are_stored_without_a_length_each_and_read_back(tmp_path):
