@@ -286,17 +286,13 @@ def _pages(col: Column) -> Iterator[tuple[bytes, int, bool, int]]:
         yield _dictionary_page(np.array([0, 1], "<i8").tobytes(), 2)
         for group in col.values.pages.groups or [[[]]]:
             flags = _join(group)
-            # Bit width 1, then one bit-packed run of ceil(n/8) groups of 8 indices (the last one padded).
+            # One bit-packed run of ceil(n/8) groups of 8 indices (the last one padded).
             bits = np.packbits(np.asarray(flags, dtype=bool), bitorder="little").tobytes()
-            raw = _levels(True, len(flags)) + b"\x01" + _varint((len(bits) << 1) | 1) + bits
-            data = _data_page(len(flags), _RLE_DICTIONARY, raw, raw)
-            yield data, len(data), False, _RLE_DICTIONARY
+            yield _indices_page(len(flags), _varint((len(bits) << 1) | 1) + bits)
         return
     if _dictionary(col):
         yield _dictionary_page(_plain_one(col), 1)
-        raw = _levels(True, rows) + b"\x01" + _varint(rows << 1) + b"\x00"  # bit width 1, one run of index 0
-        data = _data_page(rows, _RLE_DICTIONARY, raw, raw)
-        yield data, len(data), False, _RLE_DICTIONARY
+        yield _indices_page(rows, _varint(rows << 1) + b"\x00")  # one run of index 0
         return
     groups: list[list[Any]] = col.values.groups if isinstance(col.values, Pages) else [[col.values]]  # one page
     for group in groups or [[[]]]:
@@ -308,6 +304,14 @@ def _dictionary_page(entries: bytes, count: int) -> tuple[bytes, int, bool, int]
     header = _Struct().i32(1, _DICTIONARY_PAGE).i32(2, len(entries)).i32(3, len(entries)).struct(
         7, _Struct().i32(1, count).i32(2, _PLAIN)).end()
     return header + entries, len(header) + len(entries), True, _PLAIN
+
+
+def _indices_page(rows: int, runs: bytes) -> tuple[bytes, int, bool, int]:
+    """A data page of `rows` complete rows whose values are dictionary indices of bit width 1, as `runs`
+    (the RLE/bit-packed hybrid), uncompressed."""
+    raw = _levels(True, rows) + b"\x01" + runs
+    data = _data_page(rows, _RLE_DICTIONARY, raw, raw)
+    return data, len(data), False, _RLE_DICTIONARY
 
 
 def _join(pieces: list[Values]) -> Values:
