@@ -36,7 +36,9 @@ export TRAIN_POOL ?= gpu
 export AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION ?= False
 
 RUN := $(STATE_DIR)/run
-MLFLOW_SERVER := $(BIN)/mlflow server --host 127.0.0.1 --port $(MLFLOW_PORT) --workers 1 \
+# Without MLflow's job execution (8 more processes, ~2 GB; unused here): see examples/procs.py.
+MLFLOW_SERVER := env MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false \
+  $(BIN)/mlflow server --host 127.0.0.1 --port $(MLFLOW_PORT) --workers 1 \
   --backend-store-uri $(MLFLOW_TRACKING_URI) --artifacts-destination $(STATE_DIR)/mlflow/artifacts
 # $(call start,name,command): a detached process group, so `make down` stops it and all its children.
 define start

@@ -120,10 +120,10 @@ def _answers(base: str) -> bool:
 class Registry:
     """A real MLflow server; `publish` registers an ONNX payload as a new version and makes it champion."""
 
-    def __init__(self, url: str, work: Path) -> None:
+    def __init__(self, url: str, work: Path, pid: int) -> None:
         from mlflow import MlflowClient
 
-        self.url, self.work = url, work
+        self.url, self.work, self.pid = url, work, pid  # pid: the `mlflow server` process
         self.client = MlflowClient(tracking_uri=url, registry_uri=url)
         self.experiment = self.client.create_experiment("serving-live")
 
@@ -145,22 +145,22 @@ class Registry:
     def stored_file(self, name: str, version: str) -> Path:
         """Where the artifact store keeps the version's model.onnx (under the server's artifacts destination)."""
         run_id = self.client.get_model_version(name, version).run_id
-        [path] = (self.work / "artifacts").glob(f"*/{run_id}/artifacts/model/model.onnx")
+        [path] = (self.work / "mlflow" / "artifacts").glob(f"*/{run_id}/artifacts/model/model.onnx")
         return path
 
 
 @contextmanager
 def mlflow_registry(work: Path) -> Iterator[Registry]:
     """A real MLflow server (SQLite store, proxied artifacts under `work`) on a free loopback port."""
+    from examples.procs import mlflow_server_cmd
+
     port = free_port()
-    cmd = [str(Path(sys.executable).parent / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(port),
-           "--workers", "1", "--backend-store-uri", f"sqlite:///{work / 'mlflow.db'}",
-           "--artifacts-destination", str(work / "artifacts")]
+    cmd = mlflow_server_cmd(work, port, f"sqlite:///{work / 'mlflow.db'}")  # artifacts under work/mlflow
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     url = f"http://127.0.0.1:{port}"
     try:
         wait_until(lambda: _health(url), 120, "the MLflow server")
-        yield Registry(url, work)
+        yield Registry(url, work, proc.pid)
     finally:
         os.killpg(proc.pid, 15)
         proc.wait(timeout=30)

@@ -176,6 +176,15 @@ def test_broken_versions_are_reported_and_the_old_one_keeps_serving(registry, tm
     assert "version 2 of broken_model failed to load" in log and "version 3 of broken_model failed to load" in log
 
 
+def test_the_projects_mlflow_server_runs_without_mlflow_job_processes(registry):
+    """Every MLflow server the project starts (examples.procs.mlflow_server_cmd: make up, the demo, the
+    bench, these tests) runs without MLflow 3's job execution, which would add a job runner and 7 huey
+    consumers (~2 GB) that poll on every core."""
+    children = [" ".join(p.cmdline()) for p in psutil.Process(registry.pid).children(recursive=True)]
+    assert children and not [c for c in children if "huey" in c or "mlflow.server.jobs" in c], children
+    assert call(registry.url, "GET", "/health")[0] == 200  # and it serves
+
+
 def test_starts_from_the_cache_with_the_registry_down_and_is_ready_fast(tmp_path):
     ModelCache(tmp_path / "cache", "flights_delay").save(ModelRef("flights_delay", "5", None),
                                                          tiny_onnx(NUMERIC, CATEGORICAL))
