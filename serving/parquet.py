@@ -12,6 +12,7 @@ of pieces, each group joined only when its page is encoded.
 from __future__ import annotations
 
 import json
+import math
 import struct
 import zlib
 from collections.abc import Iterator, Sequence
@@ -63,7 +64,8 @@ class Pages:
 
     A group's pieces are joined only when its page is encoded, then dropped: a large row group never
     exists as one array, and the memory of one page is reused for the next (fresh pages of memory cost
-    a page fault each, which measured more than the copy itself).
+    a page fault each, which measured more than the copy itself). Float pieces without nulls are not
+    joined at all: each goes to the file's buffer as it is.
     """
 
     groups: list[list[Values]]
@@ -95,7 +97,12 @@ class Column:
     values: Values | Constant | Pages | Flags
 
 
+_ONE_BYTE = [bytes([i]) for i in range(0x80)]
+
+
 def _varint(n: int) -> bytes:
+    if n < 0x80:  # most of a page header's numbers: no bytearray
+        return _ONE_BYTE[n]
     out = bytearray()
     while True:
         byte, n = n & 0x7F, n >> 7
@@ -166,6 +173,10 @@ class _Struct:
 
 
 Defined = np.ndarray | bool  # per-row mask, or True / False: every row / no row
+Buffer = bytes | np.ndarray  # a part of a page, written to the file as it is
+# A page: its parts, their size in bytes, its uncompressed size, whether it is a dictionary page, the values'
+# encoding.
+Page = tuple[list[Buffer], int, int, bool, int]
 
 
 def _values(col: Column) -> tuple[Defined, int, bytes]:
@@ -277,10 +288,9 @@ def _levels(defined: Defined, rows: int) -> bytes:
     return struct.pack("<I", len(levels)) + levels
 
 
-def _pages(col: Column) -> Iterator[tuple[bytes, int, bool, int]]:
-    """The column chunk's pages, each with its uncompressed size, whether it is a dictionary page and its
-    values' encoding: data pages of levels and values (gzip unless floats), or a dictionary page and a data
-    page of indices."""
+def _pages(col: Column) -> Iterator[Page]:
+    """The column chunk's pages: data pages of levels and values (gzip unless floats), or a dictionary page
+    and a data page of indices."""
     rows = len(col.values)
     if isinstance(col.values, Flags):
         yield _dictionary_page(np.array([0, 1], "<i8").tobytes(), 2)
@@ -296,22 +306,22 @@ def _pages(col: Column) -> Iterator[tuple[bytes, int, bool, int]]:
         return
     groups: list[list[Any]] = col.values.groups if isinstance(col.values, Pages) else [[col.values]]  # one page
     for group in groups or [[[]]]:
-        yield _plain_page(Column(col.name, col.kind, _join(group)))
+        yield _plain_page(col.kind, group)
 
 
-def _dictionary_page(entries: bytes, count: int) -> tuple[bytes, int, bool, int]:
+def _dictionary_page(entries: bytes, count: int) -> Page:
     """A dictionary page of `count` PLAIN-encoded `entries`, uncompressed."""
     header = _Struct().i32(1, _DICTIONARY_PAGE).i32(2, len(entries)).i32(3, len(entries)).struct(
         7, _Struct().i32(1, count).i32(2, _PLAIN)).end()
-    return header + entries, len(header) + len(entries), True, _PLAIN
+    size = len(header) + len(entries)
+    return [header, entries], size, size, True, _PLAIN
 
 
-def _indices_page(rows: int, runs: bytes) -> tuple[bytes, int, bool, int]:
+def _indices_page(rows: int, runs: bytes) -> Page:
     """A data page of `rows` complete rows whose values are dictionary indices of bit width 1, as `runs`
     (the RLE/bit-packed hybrid), uncompressed."""
     raw = _levels(True, rows) + b"\x01" + runs
-    data = _data_page(rows, _RLE_DICTIONARY, raw, raw)
-    return data, len(data), False, _RLE_DICTIONARY
+    return _data_page(rows, _RLE_DICTIONARY, len(raw), [raw], len(raw))
 
 
 def _join(pieces: list[Values]) -> Values:
@@ -322,21 +332,47 @@ def _join(pieces: list[Values]) -> Values:
     return list(chain.from_iterable(pieces))
 
 
-def _plain_page(col: Column) -> tuple[bytes, int, bool, int]:
+def _plain_page(kind: str, pieces: list[Values]) -> Page:
+    """A data page of one group of pieces, PLAIN (or DELTA_LENGTH_BYTE_ARRAY) values, gzipped unless floats."""
+    rows = sum(map(len, pieces))
+    if kind in _PLAIN_KINDS and _complete_arrays(pieces, np.dtype(_NUMPY[kind])):
+        # The common case, no value missing: each piece's memory goes to the file as it is (no join into
+        # one array, no copy into bytes, no concatenation with the levels and the header).
+        levels = _levels(True, rows)
+        size = len(levels) + sum([p.nbytes for p in pieces])
+        return _data_page(rows, _PLAIN, size, [levels, *pieces], size)
+    col = Column("", kind, _join(pieces))
     defined, encoding, values = _values(col)
-    raw = _levels(defined, len(col.values)) + values
-    stored = raw
-    if _codec(col) == _GZIP:
-        packer = zlib.compressobj(1, zlib.DEFLATED, 31)  # wbits 31: the gzip container Parquet's GZIP means
-        stored = packer.compress(raw) + packer.flush()
-    data = _data_page(len(col.values), encoding, raw, stored)
-    return data, len(data) - len(stored) + len(raw), False, encoding
+    levels = _levels(defined, rows)
+    size = len(levels) + len(values)
+    if _codec(col) != _GZIP:
+        return _data_page(rows, encoding, size, [levels, values], size)
+    packer = zlib.compressobj(1, zlib.DEFLATED, 31)  # wbits 31: the gzip container Parquet's GZIP means
+    stored = packer.compress(levels) + packer.compress(values) + packer.flush()
+    return _data_page(rows, encoding, size, [stored], len(stored))
 
 
-def _data_page(rows: int, encoding: int, raw: bytes, stored: bytes) -> bytes:
-    """A v1 data page: header, then the (compressed) levels and values."""
-    page = _Struct().i32(1, rows).i32(2, encoding).i32(3, _RLE).i32(4, _RLE)
-    return _Struct().i32(1, _DATA_PAGE).i32(2, len(raw)).i32(3, len(stored)).struct(5, page).end() + stored
+def _complete_arrays(pieces: list[Values], dtype: np.dtype[Any]) -> bool:
+    """Whether every piece is a contiguous array of `dtype` without NaN (null): a sum is NaN when a value
+    is, and rarely otherwise (+inf and -inf partial sums), which only takes the exact path."""
+    with np.errstate(over="ignore"):  # a sum past the type's range is inf: fine here
+        return all(isinstance(p, np.ndarray) and p.dtype == dtype and p.ndim == 1 and p.flags.c_contiguous
+                   and not math.isnan(np.add.reduce(p)) for p in pieces)
+
+
+def _data_page(rows: int, encoding: int, raw_size: int, stored: list[Buffer], stored_size: int) -> Page:
+    """A v1 data page: header, then the `stored` parts (levels and values, compressed or not) of
+    `stored_size` bytes, `raw_size` uncompressed."""
+    header = _data_page_header(rows, encoding, raw_size, stored_size)
+    return [header, *stored], len(header) + stored_size, len(header) + raw_size, False, encoding
+
+
+def _data_page_header(rows: int, encoding: int, raw_size: int, stored_size: int) -> bytes:
+    """PageHeader(DATA_PAGE, raw_size, stored_size, DataPageHeader(rows, encoding, RLE, RLE)) in Thrift compact,
+    byte for byte what `_Struct` writes (tested), without building one: the writer writes one per page.
+    Field headers are (id delta << 4 | type I32 or STRUCT); numbers are zigzag varints (2n for n >= 0)."""
+    return b"".join((b"\x15\x00\x15", _varint(raw_size << 1), b"\x15", _varint(stored_size << 1), b"\x2c\x15",
+                     _varint(rows << 1), b"\x15", _varint(encoding << 1), b"\x15\x06\x15\x06\x00\x00"))
 
 
 def _schema_element(col: Column) -> _Struct:
@@ -395,13 +431,14 @@ class ParquetWriter:
         for col in columns:
             start, uncompressed, dictionary, data_at = self._offset, 0, False, -1
             encodings = {_RLE}  # the levels'; and each page's values'
-            for page, size, is_dictionary, encoding in _pages(col):
+            for parts, stored, size, is_dictionary, encoding in _pages(col):
                 dictionary |= is_dictionary
                 encodings.add(encoding)
                 if data_at < 0 and not is_dictionary:
                     data_at = self._offset
-                self._file.write(page)
-                self._offset += len(page)
+                for part in parts:
+                    self._file.write(part)
+                self._offset += stored
                 uncompressed += size
                 yield
             meta = (_Struct().i32(1, _PHYSICAL[col.kind])
