@@ -254,9 +254,11 @@ def _encode_array(strings: np.ndarray) -> tuple[int, bytes] | None:
     codes = strings.view(np.uint32).reshape(rows, width)
     if (codes >= 128).any():
         return None
-    lengths = np.char.str_len(strings).astype("<u4")
-    if (lengths == width).all():
+    # numpy drops a string's trailing NULs: each is of the full width exactly when its last code is not 0
+    # (a strided check, ~3x faster than measuring every length).
+    if codes[:, -1].all():
         return _DELTA_LENGTH_BYTE_ARRAY, _same_lengths(rows, width) + codes.astype(np.uint8).tobytes()
+    lengths = np.char.str_len(strings).astype("<u4")
     cells = np.empty((rows, 4 + width), dtype=np.uint8)
     cells[:, :4] = lengths.view(np.uint8).reshape(rows, 4)
     cells[:, 4:] = codes
@@ -334,30 +336,33 @@ def _join(pieces: list[Values]) -> Values:
 
 def _plain_page(kind: str, pieces: list[Values]) -> Page:
     """A data page of one group of pieces, PLAIN (or DELTA_LENGTH_BYTE_ARRAY) values, gzipped unless floats."""
-    rows = sum(map(len, pieces))
-    if kind in _PLAIN_KINDS and _complete_arrays(pieces, np.dtype(_NUMPY[kind])):
-        # The common case, no value missing: each piece's memory goes to the file as it is (no join into
-        # one array, no copy into bytes, no concatenation with the levels and the header).
+    values = _join(pieces)  # one copy, fewer calls than a write per piece (a page joins up to ~8 calls' pieces)
+    rows = len(values)
+    if kind in _PLAIN_KINDS and _complete(values, np.dtype(_NUMPY[kind])):
+        # The common case, no value missing: the array's memory goes to the file as it is (no copy into
+        # bytes, no concatenation with the levels and the header).
         levels = _levels(True, rows)
-        size = len(levels) + sum([p.nbytes for p in pieces])
-        return _data_page(rows, _PLAIN, size, [levels, *pieces], size)
-    col = Column("", kind, _join(pieces))
-    defined, encoding, values = _values(col)
+        size = len(levels) + values.nbytes
+        return _data_page(rows, _PLAIN, size, [levels, values], size)
+    col = Column("", kind, values)
+    defined, encoding, encoded = _values(col)
     levels = _levels(defined, rows)
-    size = len(levels) + len(values)
+    size = len(levels) + len(encoded)
     if _codec(col) != _GZIP:
-        return _data_page(rows, encoding, size, [levels, values], size)
+        return _data_page(rows, encoding, size, [levels, encoded], size)
     packer = zlib.compressobj(1, zlib.DEFLATED, 31)  # wbits 31: the gzip container Parquet's GZIP means
-    stored = packer.compress(levels) + packer.compress(values) + packer.flush()
+    stored = packer.compress(levels) + packer.compress(encoded) + packer.flush()
     return _data_page(rows, encoding, size, [stored], len(stored))
 
 
-def _complete_arrays(pieces: list[Values], dtype: np.dtype[Any]) -> bool:
-    """Whether every piece is a contiguous array of `dtype` without NaN (null): a sum is NaN when a value
-    is, and rarely otherwise (+inf and -inf partial sums), which only takes the exact path."""
-    with np.errstate(over="ignore"):  # a sum past the type's range is inf: fine here
-        return all(isinstance(p, np.ndarray) and p.dtype == dtype and p.ndim == 1 and p.flags.c_contiguous
-                   and not math.isnan(np.add.reduce(p)) for p in pieces)
+def _complete(values: Values, dtype: np.dtype[Any]) -> Any:
+    """Whether `values` is a contiguous array of `dtype` without NaN (null): a sum is NaN when a value is,
+    and rarely otherwise (+inf and -inf partial sums), which only takes the exact path."""
+    if not (isinstance(values, np.ndarray) and values.dtype == dtype and values.ndim == 1
+            and values.flags.c_contiguous):
+        return False
+    with np.errstate(over="ignore", invalid="ignore"):  # a sum past the type's range is inf (or inf - inf)
+        return not math.isnan(np.add.reduce(values))
 
 
 def _data_page(rows: int, encoding: int, raw_size: int, stored: list[Buffer], stored_size: int) -> Page:

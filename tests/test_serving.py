@@ -811,10 +811,11 @@ def test_parquet_columns_written_page_by_page_read_back_in_pyarrow_and_duckdb(tm
     assert [list(col) for col in zip(*got, strict=True)] == list(expected.values())
 
 
-def test_parquet_float_pieces_read_back_whether_written_as_they_are_or_joined(tmp_path):
-    """Complete float pieces (contiguous arrays of the column's type, no NaN) go to the file as they are,
-    without being joined or copied; a page with a NaN, a strided view, another float type or a list is
-    joined and encoded as before. Every page reads back the values given, NaN as null."""
+def test_parquet_float_pages_read_back_whether_written_as_they_are_or_encoded(tmp_path):
+    """A complete float page (contiguous pieces of the column's type, no NaN) goes to the file as it is,
+    with no copy into bytes; a page with a NaN, a strided view, another float type, a list or values whose
+    sum is NaN without a NaN (+inf and -inf partial sums) is encoded value by value. Every page reads back
+    the values given, NaN as null."""
     rng = np.random.default_rng(3)
     a = rng.random(3000).astype(np.float32)
     with_nan = a[:50].copy()
