@@ -60,7 +60,7 @@ help:
 	@echo "make bench-extract   PostgreSQL extraction benchmark: ours vs pandas vs the COPY ceiling"
 	@echo "make bench-train     training epoch: real input pipeline vs tensors preloaded (CUDA too when present)"
 	@echo "make bench-serve     model server vs mlflow models serve vs a raw-ASGI hello world (wrk if installed)"
-	@echo "make bench-icount    model server's instructions per request, this tree vs BASE=<git rev> (valgrind)"
+	@echo "make bench-icount    model server's instructions per request, this tree vs BASE=<git rev> (valgrind; BATCH=1: 1000-row requests)"
 	@echo "make replay  after make demo: later months of 2013 through serving, monitor_production, retrain on drift"
 	@echo "make seed | dags-test DAG=.. DATE=.. | airflow CMD='..' | serve | lint"
 
@@ -144,7 +144,7 @@ bench-serve: venv
 # The server's work per request in instructions (valgrind), this tree against BASE (default HEAD):
 # resolves 1 % where the timed runs of bench-serve drift by 20 %.
 bench-icount: venv
-	$(BIN)/python -m bench.icount --base $(or $(BASE),HEAD)
+	$(BIN)/python -m bench.icount --base $(or $(BASE),HEAD) $(if $(BATCH),--batch)
 
 lint: venv
 	$(BIN)/ruff check dags plugins tasks serving tests bench examples

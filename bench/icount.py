@@ -1,5 +1,6 @@
 """`python -m bench.icount [--base REV]` (make bench-icount): the model server's CPU work per 1-row request,
-counted in instructions by valgrind's cachegrind instead of timed, for this tree against `--base`.
+counted in instructions by valgrind's cachegrind instead of timed, for this tree against `--base`
+(`--batch`: per 1000-row binary OIP request, bench.serve's fastest batch form, 4 at a time).
 
 This VM's timings drift by ±20 % between runs of a few seconds, which hides changes of a few per cent;
 instruction counts do not drift. The app is driven in-process through ASGI (no sockets, no uvicorn: only
@@ -36,6 +37,9 @@ CONCURRENCY = 16
 # requests a second. Here the slices go by request count: under valgrind's ~30x slowdown a timer
 # would write slices of a few rows, and how many would depend on the machine's speed.
 SLICE_REQUESTS = 1792
+# --batch: bench.serve's fastest batch form (1000-row binary OIP requests, 4 connections per server
+# process), ~1 k of them a second per process, so a tenth of a second's slice is 100 requests (100 k rows).
+BATCH_CONCURRENCY, BATCH_SLICE_REQUESTS = 4, 100
 
 
 def _model_cache(folder: Path) -> None:
@@ -57,7 +61,7 @@ def _tree(rev: str, into: Path) -> Path:
     return into
 
 
-def _count(tree: Path, cache: Path, requests: int, log: bool, work: Path) -> tuple[int, int]:
+def _count(tree: Path, cache: Path, requests: int, log: bool, work: Path, batch: bool = False) -> tuple[int, int]:
     """(instructions, D1 misses) of one driver run under cachegrind."""
     # Fixed hashing; and no OpenBLAS thread pool: under valgrind its idle threads spin in turn with the
     # main one, a count that depends on scheduling (the server's threads idle at ~0 % CPU outside it).
@@ -65,7 +69,7 @@ def _count(tree: Path, cache: Path, requests: int, log: bool, work: Path) -> tup
            "PYTHONPATH": os.pathsep.join([str(tree), str(REPO)])}
     cmd = [shutil.which("valgrind") or "valgrind", "--tool=cachegrind", "--cache-sim=yes",
            "--cachegrind-out-file=/dev/null", sys.executable, "-m", "bench.icount", "drive", str(tree), str(cache),
-           str(requests), str(work / "predictions") if log else ""]
+           str(requests), str(work / "predictions") if log else "", "batch" if batch else "1-row"]
     out = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=work, check=False)
     if out.returncode != 0 or "served" not in out.stdout:
         raise SystemExit(f"the driver failed under valgrind:\n{out.stdout[-2000:]}\n{out.stderr[-3000:]}")
@@ -76,28 +80,39 @@ def _count(tree: Path, cache: Path, requests: int, log: bool, work: Path) -> tup
     return int(refs.group(1).replace(",", "")), int(d1.group(1).replace(",", ""))
 
 
-def per_request(tree: Path, cache: Path, requests: int, log: bool, work: Path) -> tuple[float, float]:
+def per_request(tree: Path, cache: Path, requests: int, log: bool, work: Path,
+                batch: bool = False) -> tuple[float, float]:
     """(instructions, D1 misses) per request: two runs, `requests` (whole log slices) apart, differenced,
     so start-up and shutdown cancel out."""
-    small = _count(tree, cache, SLICE_REQUESTS, log, work)
-    large = _count(tree, cache, SLICE_REQUESTS + requests, log, work)
+    first = BATCH_SLICE_REQUESTS if batch else SLICE_REQUESTS
+    small = _count(tree, cache, first, log, work, batch)
+    large = _count(tree, cache, first + requests, log, work, batch)
     return (large[0] - small[0]) / requests, (large[1] - small[1]) / requests
 
 
-def drive(tree: str, cache: str, requests: int, log_dir: str) -> None:
-    """In the valgrind child: serve `requests` 1-row /predict requests through the ASGI app, 16 at a time."""
+def drive(tree: str, cache: str, requests: int, log_dir: str, batch: bool = False) -> None:
+    """In the valgrind child: serve `requests` 1-row /predict requests through the ASGI app, 16 at a time
+    (`batch`: 1000-row binary OIP requests, 4 at a time)."""
     sys.path.insert(0, tree)
-    os.environ.update(MODEL_NAME="flights_delay", MLFLOW_SERVER_URL="http://127.0.0.1:9", SERVING_CACHE_DIR=cache,
+    model = "flights_delay"  # _model_cache's
+    os.environ.update(MODEL_NAME=model, MLFLOW_SERVER_URL="http://127.0.0.1:9", SERVING_CACHE_DIR=cache,
                       SERVING_PREDICTION_LOG_DIR=log_dir, SERVING_POLL_SECONDS="100000")
     import msgspec
 
-    from bench.serve import FLIGHT
+    from bench.serve import BATCH_ROWS, FLIGHT, batch_records, oip_binary
     from serving.app import create_app
 
-    body = msgspec.json.encode({"records": [FLIGHT]})
-    scope = {"type": "http", "method": "POST", "path": "/predict", "query_string": b"",
-             "headers": [(b"host", b"bench"), (b"content-type", b"application/json"),
-                         (b"content-length", b"%d" % len(body))]}
+    headers = [(b"host", b"bench")]
+    if batch:
+        body, head = oip_binary(batch_records(BATCH_ROWS))
+        path, concurrency, slice_requests = f"/v2/models/{model}/infer", BATCH_CONCURRENCY, BATCH_SLICE_REQUESTS
+        headers += [(b"content-type", b"application/octet-stream"), (b"inference-header-content-length", b"%d" % head)]
+    else:
+        body = msgspec.json.encode({"records": [FLIGHT]})
+        path, concurrency, slice_requests = "/predict", CONCURRENCY, SLICE_REQUESTS
+        headers.append((b"content-type", b"application/json"))
+    scope = {"type": "http", "method": "POST", "path": path, "query_string": b"",
+             "headers": [*headers, (b"content-length", b"%d" % len(body))]}
     message: MutableMapping[str, Any] = {"type": "http.request", "body": body, "more_body": False}
     answers: list[MutableMapping[str, Any]] = []
 
@@ -119,12 +134,12 @@ def drive(tree: str, cache: str, requests: int, log_dir: str) -> None:
         served = 0
         while served < requests:
             answers.clear()
-            await asyncio.gather(*[app(scope, receive, send) for _ in range(CONCURRENCY)])
-            served += CONCURRENCY
-            if log is not None and served % SLICE_REQUESTS == 0:
+            await asyncio.gather(*[app(scope, receive, send) for _ in range(concurrency)])
+            served += concurrency
+            if log is not None and served % slice_requests == 0:
                 for _ in log._append():  # noqa: SLF001 - one slice, as the writer task writes it
                     pass
-        assert answers and b"probability" in answers[-1]["body"], answers[-1]
+        assert answers and answers[0]["status"] == 200 and b"probability" in answers[-1]["body"], answers[-2:]
         await app.shutdown()
         print(f"served {served}")
 
@@ -140,6 +155,8 @@ def main() -> None:
     parser.add_argument("--slices", type=int, default=7, help=f"log slices of {SLICE_REQUESTS:,} requests counted "
                         "per tree (default 7)")
     parser.add_argument("--log", choices=("on", "off"), default="on", help="the prediction log (default on)")
+    parser.add_argument("--batch", action="store_true", help="count 1000-row binary OIP requests, 4 at a time "
+                        f"(log slices of {BATCH_SLICE_REQUESTS}), instead of 1-row /predict requests")
     args = parser.parse_args()
     if shutil.which("valgrind") is None:
         raise SystemExit("valgrind is not installed (apt-get install valgrind)")
@@ -147,12 +164,14 @@ def main() -> None:
         work = Path(tmp)
         _model_cache(work)
         base = _tree(args.base, work / "base")
-        requests = args.slices * SLICE_REQUESTS
-        print(f"measured {time.strftime('%Y-%m-%d %H:%M %Z')}; {requests:,} 1-row /predict requests per tree, "
-              f"{CONCURRENCY} at a time, in-process under cachegrind; prediction log {args.log}")
+        requests = args.slices * (BATCH_SLICE_REQUESTS if args.batch else SLICE_REQUESTS)
+        what = (f"1000-row binary OIP requests per tree, {BATCH_CONCURRENCY}" if args.batch else
+                f"1-row /predict requests per tree, {CONCURRENCY}")
+        print(f"measured {time.strftime('%Y-%m-%d %H:%M %Z')}; {requests:,} {what} at a time, in-process under "
+              f"cachegrind; prediction log {args.log}")
         rows = {}
         for label, tree in ((f"base ({args.base})", base), ("this tree", REPO)):
-            rows[label] = per_request(tree, work / "cache", requests, args.log == "on", work)
+            rows[label] = per_request(tree, work / "cache", requests, args.log == "on", work, args.batch)
         print("| serving/ | instructions per request | D1 misses per request |")
         print("|---|---:|---:|")
         for label, (instructions, misses) in rows.items():
@@ -163,6 +182,6 @@ def main() -> None:
 
 if __name__ == "__main__":
     if len(sys.argv) > 1 and sys.argv[1] == "drive":
-        drive(sys.argv[2], sys.argv[3], int(sys.argv[4]), sys.argv[5])
+        drive(sys.argv[2], sys.argv[3], int(sys.argv[4]), sys.argv[5], len(sys.argv) > 6 and sys.argv[6] == "batch")
     else:
         main()

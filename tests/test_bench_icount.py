@@ -24,6 +24,17 @@ def test_the_driver_serves_and_logs_1_row_requests_from_a_cached_model(tmp_path)
     assert ds.dataset(tmp_path / "predictions", format="parquet", partitioning="hive").to_table().num_rows == 64
 
 
+def test_the_driver_serves_and_logs_1000_row_binary_requests(tmp_path):
+    _model_cache(tmp_path)
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    out = subprocess.run([sys.executable, "-m", "bench.icount", "drive", str(REPO), str(tmp_path / "cache"), "8",
+                          str(tmp_path / "predictions"), "batch"], capture_output=True, text=True, env=env,
+                         cwd=tmp_path, timeout=120, check=False)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "served 8" in out.stdout
+    assert ds.dataset(tmp_path / "predictions", format="parquet", partitioning="hive").to_table().num_rows == 8000
+
+
 def test_a_base_revision_is_unpacked_as_an_importable_serving_package(tmp_path):
     inside = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, check=False)  # noqa: S607
     if inside.returncode != 0:
