@@ -824,8 +824,8 @@ def test_parquet_float_pages_read_back_whether_written_as_they_are_or_encoded(tm
               [[1.5, None, 2.5]], [np.full(4, 3e38, np.float32), np.full(4, -3e38, np.float32)]]
     path = tmp_path / "f.parquet"
     writer = ParquetWriter(path, [("f", "float32"), ("d", "float64")])
-    writer.write([Column("f", "float32", Pages(groups)),
-                  Column("d", "float64", Pages([[np.asarray(piece, dtype=np.float64) for piece in g] for g in groups]))])
+    doubles = Pages([[np.asarray(piece, dtype=np.float64) for piece in group] for group in groups])
+    writer.write([Column("f", "float32", Pages(groups)), Column("d", "float64", doubles)])
     writer.close()
     expected = [None if v is None or np.isnan(v) else float(np.float32(v))
                 for group in groups for piece in group for v in (piece.tolist() if isinstance(piece, np.ndarray)
