@@ -19,7 +19,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from itertools import chain
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeGuard
 
 import numpy as np
 
@@ -64,8 +64,8 @@ class Pages:
 
     A group's pieces are joined only when its page is encoded, then dropped: a large row group never
     exists as one array, and the memory of one page is reused for the next (fresh pages of memory cost
-    a page fault each, which measured more than the copy itself). Float pieces without nulls are not
-    joined at all: each goes to the file's buffer as it is.
+    a page fault each, which measured more than the copy itself). A float page without nulls then goes
+    to the file's buffer as that array, not copied into bytes first.
     """
 
     groups: list[list[Values]]
@@ -173,7 +173,7 @@ class _Struct:
 
 
 Defined = np.ndarray | bool  # per-row mask, or True / False: every row / no row
-Buffer = bytes | np.ndarray  # a part of a page, written to the file as it is
+Buffer = bytes | memoryview  # a part of a page, written to the file as it is
 # A page: its parts, their size in bytes, its uncompressed size, whether it is a dictionary page, the values'
 # encoding.
 Page = tuple[list[Buffer], int, int, bool, int]
@@ -343,7 +343,7 @@ def _plain_page(kind: str, pieces: list[Values]) -> Page:
         # bytes, no concatenation with the levels and the header).
         levels = _levels(True, rows)
         size = len(levels) + values.nbytes
-        return _data_page(rows, _PLAIN, size, [levels, values], size)
+        return _data_page(rows, _PLAIN, size, [levels, values.data], size)
     col = Column("", kind, values)
     defined, encoding, encoded = _values(col)
     levels = _levels(defined, rows)
@@ -355,7 +355,7 @@ def _plain_page(kind: str, pieces: list[Values]) -> Page:
     return _data_page(rows, encoding, size, [stored], len(stored))
 
 
-def _complete(values: Values, dtype: np.dtype[Any]) -> Any:
+def _complete(values: Values, dtype: np.dtype[Any]) -> TypeGuard[np.ndarray]:
     """Whether `values` is a contiguous array of `dtype` without NaN (null): a sum is NaN when a value is,
     and rarely otherwise (+inf and -inf partial sums), which only takes the exact path."""
     if not (isinstance(values, np.ndarray) and values.dtype == dtype and values.ndim == 1
