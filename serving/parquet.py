@@ -19,7 +19,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from itertools import chain
 from pathlib import Path
-from typing import Any, TypeGuard
+from typing import Any
 
 import numpy as np
 
@@ -173,23 +173,28 @@ class _Struct:
 
 
 Defined = np.ndarray | bool  # per-row mask, or True / False: every row / no row
-Buffer = bytes | memoryview  # a part of a page, written to the file as it is
+Buffer = bytes | memoryview  # a part of a page, written to the file as it is (memoryviews of bytes: len is bytes)
 # A page: its parts, their size in bytes, its uncompressed size, whether it is a dictionary page, the values'
 # encoding.
 Page = tuple[list[Buffer], int, int, bool, int]
 
 
-def _values(col: Column) -> tuple[Defined, int, bytes]:
+def _values(col: Column) -> tuple[Defined, int, Buffer]:
     """(defined rows, encoding, the defined values in it): PLAIN, or DELTA_LENGTH_BYTE_ARRAY for strings that
     are all one length. Float kinds: None and NaN are null."""
     if isinstance(col.values, Constant):  # null in every row (one value in every row is a dictionary: _pages)
         return False, _PLAIN, b""
     assert not isinstance(col.values, Pages | Flags), "_pages encodes Pages and Flags one joined group at a time"
-    if col.kind in ("float32", "float64"):
-        floats = np.asarray(col.values, dtype=_NUMPY[col.kind])
+    if col.kind in _PLAIN_KINDS:
+        floats = np.ascontiguousarray(col.values, dtype=_NUMPY[col.kind])
+        # The common case, no NaN, told by one sum (NaN when a value is, and rarely otherwise: +inf and -inf
+        # partial sums): the array's own memory is the values, no mask, no copy into bytes.
+        with np.errstate(over="ignore", invalid="ignore"):
+            if not math.isnan(np.add.reduce(floats)):
+                return True, _PLAIN, floats.data.cast("B")
         nan = np.isnan(floats)
-        if not nan.any():  # the common case: no copy, no mask
-            return True, _PLAIN, floats.tobytes()
+        if not nan.any():
+            return True, _PLAIN, floats.data.cast("B")
         return ~nan, _PLAIN, floats[~nan].tobytes()
     if isinstance(col.values, np.ndarray) and col.kind != "string":
         return True, _PLAIN, col.values.astype(_NUMPY[col.kind]).tobytes()
@@ -323,7 +328,7 @@ def _indices_page(rows: int, runs: bytes) -> Page:
     """A data page of `rows` complete rows whose values are dictionary indices of bit width 1, as `runs`
     (the RLE/bit-packed hybrid), uncompressed."""
     raw = _levels(True, rows) + b"\x01" + runs
-    return _data_page(rows, _RLE_DICTIONARY, len(raw), [raw], len(raw))
+    return _data_page(rows, _RLE_DICTIONARY, len(raw), [raw])
 
 
 def _join(pieces: list[Values]) -> Values:
@@ -335,39 +340,23 @@ def _join(pieces: list[Values]) -> Values:
 
 
 def _plain_page(kind: str, pieces: list[Values]) -> Page:
-    """A data page of one group of pieces, PLAIN (or DELTA_LENGTH_BYTE_ARRAY) values, gzipped unless floats."""
-    values = _join(pieces)  # one copy, fewer calls than a write per piece (a page joins up to ~8 calls' pieces)
-    rows = len(values)
-    if kind in _PLAIN_KINDS and _complete(values, np.dtype(_NUMPY[kind])):
-        # The common case, no value missing: the array's memory goes to the file as it is (no copy into
-        # bytes, no concatenation with the levels and the header).
-        levels = _levels(True, rows)
-        size = len(levels) + values.nbytes
-        return _data_page(rows, _PLAIN, size, [levels, values.data], size)
-    col = Column("", kind, values)
-    defined, encoding, encoded = _values(col)
-    levels = _levels(defined, rows)
-    size = len(levels) + len(encoded)
+    """A data page of one group of pieces, PLAIN (or DELTA_LENGTH_BYTE_ARRAY) values, gzipped unless floats;
+    its levels and values are parts of the page as they are (a float page's values are its array's memory)."""
+    col = Column("", kind, _join(pieces))  # one copy, fewer calls than a part per piece (up to ~8 calls' pieces)
+    defined, encoding, values = _values(col)
+    levels = _levels(defined, len(col.values))
+    size = len(levels) + len(values)
     if _codec(col) != _GZIP:
-        return _data_page(rows, encoding, size, [levels, encoded], size)
+        return _data_page(len(col.values), encoding, size, [levels, values])
     packer = zlib.compressobj(1, zlib.DEFLATED, 31)  # wbits 31: the gzip container Parquet's GZIP means
-    stored = packer.compress(levels) + packer.compress(encoded) + packer.flush()
-    return _data_page(rows, encoding, size, [stored], len(stored))
+    return _data_page(len(col.values), encoding, size, [packer.compress(levels) + packer.compress(values)
+                                                        + packer.flush()])
 
 
-def _complete(values: Values, dtype: np.dtype[Any]) -> TypeGuard[np.ndarray]:
-    """Whether `values` is a contiguous array of `dtype` without NaN (null): a sum is NaN when a value is,
-    and rarely otherwise (+inf and -inf partial sums), which only takes the exact path."""
-    if not (isinstance(values, np.ndarray) and values.dtype == dtype and values.ndim == 1
-            and values.flags.c_contiguous):
-        return False
-    with np.errstate(over="ignore", invalid="ignore"):  # a sum past the type's range is inf (or inf - inf)
-        return not math.isnan(np.add.reduce(values))
-
-
-def _data_page(rows: int, encoding: int, raw_size: int, stored: list[Buffer], stored_size: int) -> Page:
-    """A v1 data page: header, then the `stored` parts (levels and values, compressed or not) of
-    `stored_size` bytes, `raw_size` uncompressed."""
+def _data_page(rows: int, encoding: int, raw_size: int, stored: list[Buffer]) -> Page:
+    """A v1 data page: header, then the `stored` parts (levels and values, compressed or not; byte buffers),
+    `raw_size` bytes uncompressed."""
+    stored_size = sum([len(part) for part in stored])
     header = _data_page_header(rows, encoding, raw_size, stored_size)
     return [header, *stored], len(header) + stored_size, len(header) + raw_size, False, encoding
 
